@@ -1,0 +1,1 @@
+"""The p-RoPE conformance suite (README.md, "Check your own implementation")."""
