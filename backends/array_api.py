@@ -10,8 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_compat
-from p_rope._params import RopeTables, check_same_batch, frequency_values, rotated_pair_count
-from p_rope.backends._core import (
+from p_rope._params import (  # vendor: inline
+    RopeTables,
+    check_same_batch,
+    frequency_values,
+    rotated_pair_count,
+)
+from p_rope.backends._core import (  # vendor: inline
     as_positions,
     build_tables,
     check_apply_tables,

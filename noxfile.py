@@ -1,0 +1,118 @@
+"""Sessions of the p-RoPE project (README.md lists the two a newcomer runs).
+
+    nox -s conformance            the main job: every backend in its own environment, then the matrix
+    nox -s tests                  the test suite (what CI runs)
+    nox -s lint typecheck         ruff; mypy
+    nox -s golden                 regenerate the golden vectors in memory and fail on drift (-- --write)
+    nox -s vendor                 regenerate the single-file backends (-- --check: fail if stale)
+    nox -s bench                  BENCHMARKS.md;  nox -s accuracy: reports/accuracy.{md,png}
+
+Devices: conformance and bench run on the CPU unless told otherwise, e.g.
+``nox -s conformance -- --device cpu --device cuda`` or P_ROPE_DEVICES=cpu,cuda; a device asked for
+and absent is a failure. PyTorch is pinned to the CPU build this project's machines carry
+(TORCH below); point pip at another index with PIP_INDEX_URL / PIP_EXTRA_INDEX_URL for CUDA builds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import nox
+
+nox.options.sessions = ["conformance", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+TORCH = os.environ.get("P_ROPE_TORCH", "torch==2.13.0")
+SOURCES = ["spec", "backends", "conformance", "tools", "bench", "tests", "noxfile.py"]
+CONFORMANCE_DIR = "reports/conformance"
+
+# Each conformance environment installs one framework and runs the backends that need it.
+CONFORMANCE_GROUPS = {
+    "numpy": {
+        "install": [".[array-api,conformance]", "array-api-strict>=2.2"],
+        "backends": ["reference", "array_api:numpy", "array_api:strict"],
+    },
+    "jax": {"install": [".[jax,conformance]"], "backends": ["jax", "array_api:jax"]},
+    "torch": {"install": [TORCH, ".[torch,conformance]"], "backends": ["torch", "array_api:torch"]},
+    # The vendored single files run where the project's backends are not installed: only the
+    # framework, array-api-compat and the (NumPy-only) reference plus suite that grade them.
+    "vendor-jax": {"install": ["jax", "array-api-compat>=1.11", ".[conformance]"], "backends": ["vendor:jax"]},
+    "vendor-torch": {
+        "install": [TORCH, "array-api-compat>=1.11", ".[conformance]"],
+        "backends": ["vendor:torch"],
+    },
+}
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("group", list(CONFORMANCE_GROUPS))
+def conformance(session: nox.Session, group: str) -> None:
+    """Run the conformance suite for one group of backends (all groups: `nox -s conformance`)."""
+    spec = CONFORMANCE_GROUPS[group]
+    for requirement in spec["install"]:
+        session.install(requirement)
+    for backend in spec["backends"]:
+        session.run(
+            "python", "-m", "p_rope.conformance", "run", "--backend", backend, "--out", CONFORMANCE_DIR,
+            *session.posargs,
+        )
+    session.notify("conformance_report")
+
+
+@nox.session(python=PYTHON)
+def conformance_report(session: nox.Session) -> None:
+    """Merge the per-backend results into the matrix (terminal, Markdown, JSON)."""
+    session.install(".[conformance]")
+    session.run("python", "-m", "p_rope.conformance", "report", CONFORMANCE_DIR)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite: every backend on every available device, the suite's self-test, vendoring."""
+    session.install(TORCH)
+    session.install(".[jax,torch,conformance,test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("mypy>=1.10", ".[array-api,conformance]")
+    session.run("mypy", "spec", "backends", "conformance", "tools", "bench")
+
+
+@nox.session(python=PYTHON)
+def golden(session: nox.Session) -> None:
+    """Check the golden vectors against a fresh generation (`-- --write` rewrites them)."""
+    session.install(".[conformance]")
+    session.run("python", "-m", "p_rope.conformance", "golden", *(session.posargs or ["--check"]))
+
+
+@nox.session(python=False)
+def vendor(session: nox.Session) -> None:
+    """Regenerate backends/vendor/p_rope_*.py (`-- --check` fails if they are stale)."""
+    session.run(sys.executable, "tools/vendor.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against baselines measured in the same run; writes BENCHMARKS.md."""
+    session.install(TORCH)
+    session.install(".[jax,torch,bench]")
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def accuracy(session: nox.Session) -> None:
+    """Error against position for every backend and the float32-angle baseline; reports/accuracy.*"""
+    session.install(TORCH)
+    session.install(".[jax,torch,conformance,plot]")
+    session.run("python", "bench/accuracy.py", *session.posargs)
