@@ -52,10 +52,10 @@ def _is_integer(value: object) -> bool:
 def check_head_dim(head_dim: object) -> int:
     if not _is_integer(head_dim):
         raise TypeError(f"head_dim must be an int; got {head_dim!r} of type {type(head_dim).__name__}")
-    head_dim = int(head_dim)  # type: ignore[call-overload]
-    if head_dim <= 0 or head_dim % 2:
-        raise ValueError(f"head_dim must be a positive even integer; got {head_dim}")
-    return head_dim
+    value = int(head_dim)  # type: ignore[call-overload]
+    if value <= 0 or value % 2:
+        raise ValueError(f"head_dim must be a positive even integer; got {value}")
+    return value
 
 
 def check_rope_percentage(rope_percentage: object) -> float:
