@@ -1,0 +1,520 @@
+"""p-RoPE for JAX: the API of spec/SPEC.md over jax.Array, on CPU, GPU and TPU.
+
+Same names, signatures, results and error messages as the NumPy reference (``p_rope``), plus what
+JAX users expect:
+
+* ``jax.jit``: every argument other than the arrays (inputs, positions, tables) is a Python value
+  and must stay static; position values are traced, so new positions never cause a retrace. The
+  public functions are jitted themselves, so eager calls run one compiled program.
+* ``jax.grad`` / ``jax.vjp``: a custom VJP whose backward pass is the inverse rotation (the
+  forward kernel applied with -sin). It saves the [..., L, R] cos/sin tables and nothing of the
+  size of the activations. Gradients with respect to float positions or to user-given tables
+  are exact too; only then is the input kept for the backward pass. Forward-mode autodiff
+  (``jax.jvp``, ``jax.jacfwd``) is not available through the rotation, as for any custom VJP.
+* ``jax.vmap``, sharded inputs (outputs keep the input's sharding and device), float16,
+  bfloat16, float32, and float64 when ``jax_enable_x64`` is on.
+* No ``apply_p_rope_``: JAX arrays are immutable. ``apply_p_rope`` only computes the 2R rotated
+  lanes and updates a copy of the input in place, so inside a jitted model, where the input
+  buffer is an intermediate (or a donated argument), XLA writes just those lanes.
+
+Accuracy (SPEC.md, "Accuracy", strict level): float32 tables are exact to within a float32
+unit for integer and real positions of magnitude below 2**31, without float64. The angle is
+reduced modulo one turn in 32-bit integer fixed point (the turns per unit position held to 60
+bits), then sin and cos are evaluated by polynomials on [-pi/4, pi/4] and rotated by the exact
+quarter turns. Positions that JAX holds as float32 (float64 data when x64 is off, JAX's rule)
+are taken as those float32 values; integer positions are exact up to the int32 range.
+
+Shape letters: B... batch axes, L sequence, N heads, H head_dim, R rotated pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from p_rope._params import (  # vendor: inline
+    RopeTables,
+    check_head_dim,
+    check_pairing,
+    check_positions_dtype,
+    check_positions_shape,
+    check_same_batch,
+    check_seq_axis,
+    frequency_values,
+    revolution_chunks,
+    rotated_pair_count,
+)
+from p_rope.backends._core import (  # vendor: inline
+    check_apply_tables,
+    check_array,
+    check_inputs,
+    compute_dtype_name,
+    dtype_name,
+    float64_tables,
+    is_integer_dtype,
+    resolve,
+    table_dtype_name,
+)
+
+__all__ = [
+    "RopeTables",
+    "apply_p_rope",
+    "apply_p_rope_qk",
+    "apply_p_rope_tables",
+    "frequencies",
+    "p_rope_tables",
+    "rotated_pair_count",
+]
+
+# (head_dim, max_wavelength, R, scale_factor, table dtype name): the static description of a table.
+_TableSpec = tuple[int, float, int, float, str]
+
+
+# ---------------------------------------------------------------------------------------------
+# argument handling (every check of SPEC.md "Errors" runs here, in Python, before any work;
+# under jit these see shapes and dtypes only, which are static)
+
+
+def _x64_enabled() -> bool:
+    return bool(jax.config.read("jax_enable_x64"))
+
+
+def _require_x64(name: str, argument: str) -> None:
+    if name == "float64" and not _x64_enabled():
+        raise TypeError(f"{argument} is float64, which JAX holds only with jax_enable_x64 on; got dtype {name}")
+
+
+def _jax_inputs(value: Any, head_dim: int, argument: str) -> tuple[jax.Array, str]:
+    """inputs checked (type, dtype, shape) and as a jax.Array of the same dtype."""
+    name = check_inputs(value, head_dim, argument)
+    if not isinstance(value, jax.Array):
+        _require_x64(name, argument)
+        value = jnp.asarray(value)
+    return value, name
+
+
+def _jax_positions(positions: object, like: jax.Array | None) -> jax.Array:
+    """positions with their dtype checked (SPEC.md, "Positions"), as a jax.Array on the devices of
+    like. Non-JAX positions follow JAX's conversion rules (int64 -> int32, float64 -> float32 when
+    jax_enable_x64 is off)."""
+    name = dtype_name(positions.dtype) if isinstance(positions, jax.Array) else np.asarray(positions).dtype.name
+    if name == "bool" or not (is_integer_dtype(name) or name.startswith(("float", "bfloat"))):
+        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
+    check_positions_dtype(name, is_integer_dtype(name))
+    if not isinstance(positions, jax.Array):
+        return jnp.asarray(positions)
+    if like is None or isinstance(positions, jax.core.Tracer) or isinstance(like, jax.core.Tracer):
+        return positions
+    return _same_devices(positions, like)
+
+
+def _same_devices(array: jax.Array, like: jax.Array) -> jax.Array:
+    """array moved onto the devices of like when it lives elsewhere (outputs follow the input)."""
+    if array.devices() == like.devices():
+        return array
+    sharding = like.sharding
+    if len(like.devices()) == 1:
+        return jax.device_put(array, next(iter(like.devices())))
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.device_put(array, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+    return array  # jit reports devices it cannot reconcile
+
+
+def _table_spec(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, table_dtype) -> _TableSpec:
+    head_dim, w, pairs, scale = resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    _require_x64(table_dtype, "the table dtype")
+    return head_dim, w, pairs, scale, table_dtype
+
+
+def _prepare_apply(
+    inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, arg
+) -> tuple[jax.Array, jax.Array, _TableSpec, str, int]:
+    """The checks of apply_p_rope in the order of the array API backend (_core.prepare)."""
+    head_dim_ = check_head_dim(head_dim)
+    inputs_, inputs_dtype = _jax_inputs(inputs, head_dim_, arg)
+    spec = _table_spec(
+        head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor, compute_dtype_name(inputs_dtype)
+    )
+    pairing_ = check_pairing(pairing)
+    seq_axis_ = check_seq_axis(seq_axis)
+    positions_ = _jax_positions(positions, inputs_)
+    check_positions_shape(tuple(positions_.shape), tuple(inputs_.shape), seq_axis_)
+    return inputs_, positions_, spec, pairing_, seq_axis_
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 tables: exact reduction of the angle in 32-bit integer fixed point
+
+_U32 = jnp.uint32
+_LOW16 = 0xFFFF
+# One turn is 2**32 units of the fixed point. The angle of a remainder of at most 2**29 units
+# (an eighth of a turn) is rest_hi * _STEP + rest_lo * _UNIT with rest = rest_hi * 2**17 + rest_lo;
+# _STEP_HI holds the 11 leading bits of _STEP = 2**17 units, so rest_hi * _STEP_HI is exact.
+_UNIT_EXACT = 2.0 * math.pi / 2.0**32
+_STEP_EXACT = _UNIT_EXACT * 2.0**17
+_STEP_EXPONENT = math.floor(math.log2(_STEP_EXACT)) - 10
+_STEP_HI = math.ldexp(round(math.ldexp(_STEP_EXACT, -_STEP_EXPONENT)), _STEP_EXPONENT)
+_STEP_LO = float(np.float32(_STEP_EXACT - _STEP_HI))
+_UNIT = float(np.float32(_UNIT_EXACT))
+# sin x = x + x^3 S(x^2), cos x = 1 - x^2/2 + x^4 C(x^2) on [-pi/4, pi/4]; near-minimax fits whose
+# approximation error (< 4e-12) is far below float32 rounding.
+_SIN = (-0.16666666640108763, 0.008333329247491082, -0.00019839297818797456, 2.718008138740194e-06)
+_COS = (0.04166666662105897, -0.0013888883628044722, 2.479949183216369e-05, -2.7208205617983063e-07)
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_point_turns(head_dim: int, max_wavelength: float, pairs: int, scale_factor: float) -> tuple[np.ndarray, ...]:
+    """Turns per unit position of each rotated pair, r_i = W_i + F_i / 2**64, as uint32 arrays
+    (W mod 2**32, the high and low 32 bits of F, and the 16-bit halves of those), from the exact
+    revolution chunks of _params (60 fractional bits)."""
+    rows = revolution_chunks(head_dim, max_wavelength, pairs, scale_factor)
+    whole = [int(w) % (1 << 32) for w in rows[0]]
+    fraction = [0] * pairs
+    for row in rows[1:]:
+        for i, chunk in enumerate(row):
+            fraction[i] += int(math.ldexp(chunk, 64))  # chunk is a multiple of 2**-60: exact
+    high = [f >> 32 for f in fraction]
+    low = [f & 0xFFFFFFFF for f in fraction]
+    as_u32 = functools.partial(np.asarray, dtype=np.uint32)
+    return (
+        as_u32(whole),
+        as_u32(high),
+        as_u32([h >> 16 for h in high]),
+        as_u32([h & _LOW16 for h in high]),
+        as_u32(low),
+        as_u32([v >> 16 for v in low]),
+        as_u32([v & _LOW16 for v in low]),
+    )
+
+
+def _mulhi(a_hi: jax.Array, a_lo: jax.Array, b_hi: jax.Array, b_lo: jax.Array) -> jax.Array:
+    """floor(a * b / 2**32) for uint32 a, b given by their 16-bit halves, less at most 3."""
+    return a_hi * b_hi + ((a_hi * b_lo) >> 16) + ((a_lo * b_hi) >> 16)
+
+
+def _split_u32_float(value: jax.Array) -> jax.Array:
+    """A float holding an integer in [0, 2**32), as uint32 (exact: converted by 16-bit halves)."""
+    high = jnp.floor(value * (1.0 / 65536.0))
+    low = value - high * 65536.0
+    return (high.astype(_U32) << 16) | low.astype(_U32)
+
+
+def _position_words(positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+    """Integer positions as the words (high, low) of p mod 2**64 in two's complement, uint32 each;
+    only p mod 2**64 matters, the turns per position being a 64-bit fixed-point fraction.
+    Real positions as (high, low) of floor(|p|) mod 2**64, the fraction |p| - floor(|p|) in units
+    of 2**-32 (uint32), and the sign of p (the angle of -p is minus that of p)."""
+    if is_integer_dtype(dtype_name(positions.dtype)):
+        if positions.dtype.itemsize == 8:
+            low = (positions & 0xFFFFFFFF).astype(_U32)
+            high = ((positions >> 32) & 0xFFFFFFFF).astype(_U32)
+        elif dtype_name(positions.dtype) == "uint32":
+            low, high = positions, jnp.zeros_like(positions)
+        else:
+            signed = positions.astype(jnp.int32)
+            low = lax.bitcast_convert_type(signed, _U32)
+            high = jnp.where(signed < 0, _U32(0xFFFFFFFF), _U32(0))
+        return high, low, None, None
+    magnitude = jnp.abs(positions)
+    whole = jnp.floor(magnitude)
+    fraction = (magnitude - whole) * 2.0**16  # exact
+    fraction_hi = jnp.floor(fraction)
+    fraction_lo = jnp.floor((fraction - fraction_hi) * 2.0**16)  # drops below 2**-32: exact enough
+    upper = jnp.floor(whole * 2.0**-32)
+    lower = whole - upper * 2.0**32  # exact: whole is a multiple of 2**9 once it reaches 2**32
+    upper = upper - jnp.floor(upper * 2.0**-32) * 2.0**32
+    units = (fraction_hi.astype(_U32) << 16) | fraction_lo.astype(_U32)
+    return _split_u32_float(upper), _split_u32_float(lower), units, positions < 0
+
+
+def _sincos_reduced(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(cos a, sin a) for float32 a in [-pi/4, pi/4], each within 0.75 float32 units of exact.
+    1 - a^2/2 is formed exactly from a split of a into 12 leading bits and the rest."""
+    z = a * a
+    s = a + a * (z * (_SIN[0] + z * (_SIN[1] + z * (_SIN[2] + z * _SIN[3]))))
+    a_hi = lax.bitcast_convert_type(lax.bitcast_convert_type(a, jnp.int32) & -4096, jnp.float32)
+    a_lo = a - a_hi
+    half_sq = 0.5 * (a_hi * a_hi)  # exact
+    half_sq_lo = 0.5 * (a_lo * (a + a_hi))  # a^2/2 - half_sq, to 2**-24 relative
+    head = 1.0 - half_sq
+    head_err = (1.0 - head) - half_sq  # exact rounding error of head
+    c = head + ((head_err - half_sq_lo) + (z * z) * (_COS[0] + z * (_COS[1] + z * (_COS[2] + z * _COS[3]))))
+    return c, s
+
+
+def _fixed_point_tables(positions: jax.Array, head_dim: int, max_wavelength: float, pairs: int, scale: float):
+    """float32 RopeTables of shape positions.shape + (R,), each entry within about one float32 unit
+    of cos/sin of the exact angle (SPEC.md "Accuracy")."""
+    whole, f_high, fh_hi, fh_lo, f_low, fl_hi, fl_lo = (
+        jnp.asarray(row) for row in _fixed_point_turns(head_dim, max_wavelength, pairs, scale)
+    )
+    high, low, fraction, negative = _position_words(positions)
+    e = (..., None)
+    # turns mod 1 in units of 2**-32: the top 32 bits of (n mod 2**64) * F / 2**64 for the whole
+    # part n (n * W is whole turns), plus fraction * (W + F / 2**64) for a real position.
+    units = low[e] * f_high + _mulhi((low >> 16)[e], (low & _LOW16)[e], fl_hi, fl_lo) + high[e] * f_low
+    if fraction is not None and negative is not None:
+        units = units + fraction[e] * whole + _mulhi((fraction >> 16)[e], (fraction & _LOW16)[e], fh_hi, fh_lo)
+        units = jnp.where(negative[e], _U32(0) - units, units)
+    quarter = (units + (1 << 29)) >> 30  # nearest quarter turn, 0..3
+    rest = lax.bitcast_convert_type(units - (quarter << 30), jnp.int32)  # in [-2**29, 2**29)
+    rest_hi = (rest >> 17).astype(jnp.float32)  # in [-2**12, 2**12)
+    rest_lo = (rest & 0x1FFFF).astype(jnp.float32)
+    big = rest_hi * _STEP_HI  # exact
+    small = rest_hi * _STEP_LO + rest_lo * _UNIT
+    angle = big + small
+    b = angle - big
+    angle_err = (big - (angle - b)) + (small - b)  # TwoSum: angle + angle_err = big + small
+    c, s = _sincos_reduced(angle)
+    c, s = c - angle_err * s, s + angle_err * c
+    odd = (quarter & 1) == 1
+    c, s = jnp.where(odd, s, c), jnp.where(odd, c, s)
+    cos = jnp.where(((quarter + 1) & 2) != 0, -c, c)
+    sin = jnp.where((quarter & 2) != 0, -s, s)
+    if fraction is not None:
+        finite = jnp.isfinite(positions)[e]
+        cos = jnp.where(finite, cos, jnp.nan)
+        sin = jnp.where(finite, sin, jnp.nan)
+    return RopeTables(cos, sin)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
+    head_dim, w, pairs, scale, dtype = spec
+    if dtype == "float64":
+        return float64_tables(jnp, positions, head_dim, w, pairs, scale)
+    return _fixed_point_tables(positions, head_dim, w, pairs, scale)
+
+
+@_tables.defjvp
+def _tables_jvp(spec: _TableSpec, primals: tuple, tangents: tuple) -> tuple[RopeTables, RopeTables]:
+    """d cos = -sin * freq * dp, d sin = cos * freq * dp: the exact derivative in float positions."""
+    (positions,), (dp,) = primals, tangents
+    tables = _tables(positions, spec)
+    head_dim, w, pairs, scale, _ = spec
+    if is_integer_dtype(dtype_name(positions.dtype)):
+        return tables, RopeTables(jnp.zeros_like(tables.cos), jnp.zeros_like(tables.sin))
+    freq = jnp.asarray(frequency_values(head_dim, w, pairs, scale)[:pairs], dtype=tables.cos.dtype)
+    d_angle = dp.astype(tables.cos.dtype)[..., None] * freq
+    return tables, RopeTables(-tables.sin * d_angle, tables.cos * d_angle)
+
+
+# ---------------------------------------------------------------------------------------------
+# the rotation: only the 2R rotated lanes are read and computed, then written into a copy of x
+
+
+def _table_axis(seq_axis: int) -> int:
+    """Where tables [B'..., L, R] get the heads axis: [..., L, 1, R] or [..., 1, L, R]."""
+    return -2 if seq_axis == -3 else -3
+
+
+def _pair_lanes(x: jax.Array, pairs: int, pairing: str) -> tuple[jax.Array, jax.Array]:
+    if pairing == "split_half":
+        half = x.shape[-1] // 2
+        return x[..., :pairs], x[..., half : half + pairs]
+    both = x[..., : 2 * pairs].reshape(*x.shape[:-1], pairs, 2)
+    return both[..., 0], both[..., 1]
+
+
+def _rotate_lanes(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, seq_axis: int) -> jax.Array:
+    """x with its 2R rotated lanes turned by (cos, sin); computed in the tables' dtype and rounded
+    once to x's dtype; NoPE lanes copied bit for bit."""
+    pairs = cos.shape[-1]
+    if pairs == 0:
+        return x
+    axis = _table_axis(seq_axis)
+    c, s = jnp.expand_dims(cos, axis), jnp.expand_dims(sin, axis)
+    x1, x2 = _pair_lanes(x, pairs, pairing)
+    x1, x2 = x1.astype(c.dtype), x2.astype(c.dtype)
+    o1 = (x1 * c - x2 * s).astype(x.dtype)
+    o2 = (x2 * c + x1 * s).astype(x.dtype)
+    head_dim = x.shape[-1]
+    if pairing == "split_half":
+        half = head_dim // 2
+        if pairs == half:
+            return jnp.concatenate([o1, o2], axis=-1)
+        out = lax.dynamic_update_slice_in_dim(x, o1, 0, axis=x.ndim - 1)
+        return lax.dynamic_update_slice_in_dim(out, o2, half, axis=x.ndim - 1)
+    both = jnp.stack([o1, o2], axis=-1).reshape(*x.shape[:-1], 2 * pairs)
+    if 2 * pairs == head_dim:
+        return both
+    return lax.dynamic_update_slice_in_dim(x, both, 0, axis=x.ndim - 1)
+
+
+def _sum_to(value: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sum a broadcast result back to shape (the cotangent of a broadcast)."""
+    lead = value.ndim - len(shape)
+    value = value.sum(axis=tuple(range(lead))) if lead else value
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and value.shape[i] != 1)
+    return value.sum(axis=axes, keepdims=True) if axes else value
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, seq_axis: int) -> jax.Array:
+    return _rotate_lanes(x, cos, sin, pairing, seq_axis)
+
+
+def _rotate_fwd(x: Any, cos: Any, sin: Any, pairing: str, seq_axis: int) -> tuple[jax.Array, tuple]:
+    out = _rotate_lanes(x.value, cos.value, sin.value, pairing, seq_axis)
+    # The input is kept only when the tables themselves are differentiated.
+    kept = x.value if (cos.perturbed or sin.perturbed) else None
+    return out, (cos.value, sin.value, kept)
+
+
+def _rotate_bwd(pairing: str, seq_axis: int, residuals: tuple, g: Any) -> tuple:
+    cos, sin, x = residuals
+    if isinstance(g, SymbolicZero):
+        return None, None, None
+    # The transpose of a rotation is the rotation by the opposite angle.
+    g_x = _rotate_lanes(g, cos, -sin, pairing, seq_axis)
+    if x is None:
+        return g_x, None, None
+    pairs = cos.shape[-1]
+    if pairs == 0:
+        return g_x, jnp.zeros_like(cos), jnp.zeros_like(sin)
+    x1, x2 = (v.astype(cos.dtype) for v in _pair_lanes(x, pairs, pairing))
+    g1, g2 = (v.astype(cos.dtype) for v in _pair_lanes(g, pairs, pairing))
+    heads = x.ndim - 2 if seq_axis == -3 else x.ndim - 3
+    g_cos = (g1 * x1 + g2 * x2).sum(axis=heads)
+    g_sin = (g2 * x1 - g1 * x2).sum(axis=heads)
+    return g_x, _sum_to(g_cos, cos.shape), _sum_to(g_sin, sin.shape)
+
+
+_rotate.defvjp(_rotate_fwd, _rotate_bwd, symbolic_zeros=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# compiled entry points (parameters static, arrays traced)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _tables_jit(positions: jax.Array, spec: _TableSpec) -> RopeTables:
+    return _tables(positions, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("pairing", "seq_axis"))
+def _apply_tables_jit(inputs: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, seq_axis: int) -> jax.Array:
+    return _rotate(inputs, cos, sin, pairing, seq_axis)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "pairing", "seq_axis"))
+def _apply_jit(inputs: jax.Array, positions: jax.Array, spec: _TableSpec, pairing: str, seq_axis: int) -> jax.Array:
+    cos, sin = _tables(positions, spec)
+    return _rotate(inputs, cos, sin, pairing, seq_axis)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "pairing", "seq_axis"))
+def _apply_qk_jit(
+    q: jax.Array, k: jax.Array, positions: jax.Array, spec: _TableSpec, pairing: str, seq_axis: int
+) -> tuple[jax.Array, jax.Array]:
+    cos, sin = _tables(positions, spec)
+    return _rotate(q, cos, sin, pairing, seq_axis), _rotate(k, cos, sin, pairing, seq_axis)
+
+
+# ---------------------------------------------------------------------------------------------
+# public API (SPEC.md, "API")
+
+
+def frequencies(
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    dtype: Any = None,
+) -> jax.Array:
+    """The [H/2] angular frequencies, 0 for NoPE pairs (float32 unless dtype says float64)."""
+    head_dim, w, pairs, scale = resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    name = table_dtype_name(dtype)
+    _require_x64(name, "dtype")
+    return jnp.asarray(frequency_values(head_dim, w, pairs, scale), dtype=name)
+
+
+def p_rope_tables(
+    positions: Any,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    dtype: Any = None,
+) -> RopeTables:
+    """cos/sin tables of shape positions.shape + (R,), float32 (exact reduction) unless dtype is
+    float64; reusable for q and k and across layers (apply_p_rope_tables)."""
+    check_array(None, positions, "positions")
+    positions_ = _jax_positions(positions, None)
+    spec = _table_spec(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, table_dtype_name(dtype))
+    return _tables_jit(positions_, spec)
+
+
+def apply_p_rope_tables(
+    inputs: Any, tables: RopeTables, *, pairing: str = "split_half", seq_axis: int = -3
+) -> jax.Array:
+    """Rotate inputs [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2) by precomputed tables."""
+    pairing, seq_axis = check_apply_tables(inputs, tables, pairing, seq_axis)
+    inputs_, _ = _jax_inputs(inputs, inputs.shape[-1], "inputs")
+    cos, sin = (t if isinstance(t, jax.Array) else jnp.asarray(t) for t in tables)
+    if not isinstance(inputs_, jax.core.Tracer):
+        cos, sin = (t if isinstance(t, jax.core.Tracer) else _same_devices(t, inputs_) for t in (cos, sin))
+    return _apply_tables_jit(inputs_, cos, sin, pairing, seq_axis)
+
+
+def apply_p_rope(
+    inputs: Any,
+    positions: Any,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    pairing: str = "split_half",
+    seq_axis: int = -3,
+) -> jax.Array:
+    """p-RoPE of inputs [B..., L, N, H] (seq_axis=-3) or [B..., N, L, H] (seq_axis=-2) at positions
+    broadcastable to [B..., L]; a new array of the input's dtype, shape and sharding."""
+    inputs_, positions_, spec, pairing_, seq_axis_ = _prepare_apply(
+        inputs,
+        positions,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        pairing,
+        seq_axis,
+        "inputs",
+    )
+    return _apply_jit(inputs_, positions_, spec, pairing_, seq_axis_)
+
+
+def apply_p_rope_qk(
+    q: Any,
+    k: Any,
+    positions: Any,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    pairing: str = "split_half",
+    seq_axis: int = -3,
+) -> tuple[jax.Array, jax.Array]:
+    """apply_p_rope of q and of k (heads may differ; batch axes and L may not), one table build."""
+    q_, positions_, spec, pairing_, seq_axis_ = _prepare_apply(
+        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    )
+    k_, k_dtype = _jax_inputs(k, spec[0], "k")
+    check_same_batch(tuple(q_.shape), tuple(k_.shape), seq_axis_)
+    if compute_dtype_name(k_dtype) == "float64":
+        spec = (*spec[:4], "float64")
+    return _apply_qk_jit(q_, k_, positions_, spec, pairing_, seq_axis_)
