@@ -1,0 +1,580 @@
+"""p-RoPE for PyTorch tensors: SPEC.md's API, plus autograd, torch.compile, in-place and speed.
+
+Same names, signatures, errors and accuracy as the NumPy reference (spec/SPEC.md, "API"). On top:
+
+* autograd: the backward of a rotation is the inverse rotation; only the sin/cos tables are saved
+  (the input too, only when the tables themselves require a gradient). Positions get no gradient.
+* torch.compile(fullgraph=True): no graph break, no recompilation when position values change.
+  The parameters (head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing,
+  seq_axis) are compile-time constants; their arithmetic runs once, in Python, at trace time.
+  If one compiled function is called with several parameter values (e.g. layers with different
+  max_wavelength compiled one by one), compile it with ``dynamic=False``: with the default,
+  dynamo turns a Python float that changed between calls into a symbolic value, which no exact
+  parameter arithmetic can use.
+* outputs on the input's device (CPU, CUDA, MPS, ...); positions and tables on another device are
+  moved there. float16, bfloat16, float32 (computed in float32, rounded once) and float64.
+* in place (``apply_p_rope_``): writes only the 2R rotated lanes of ``inputs`` and returns it.
+* speed: out of place, the NoPE lanes are copied once and the rotated lanes computed in chunks
+  along L that stay in cache, without temporaries for float32; in place, the NoPE lanes are
+  not touched at all. The sin/cos tables are built once per call at [..., L, R].
+
+Tables (float32, no float64 anywhere, on every device): the revolutions of pair i per unit
+position, r_i = w**(-2i/H) / (2 pi s) < 1, are held as a 60-bit fixed-point integer F_i (exact
+to 2**-60, from the 50-digit evaluation of p_rope._params). For an integer position p the angle
+in turns, frac(p r_i), is p F_i mod 2**60 computed EXACTLY in int64 (F_i split into two 30-bit
+halves so no product overflows for |p| < 2**33), then reduced to the nearest quarter turn
+(exact), converted to float32 once and multiplied by 2 pi in two float32 pieces; sin and cos of an
+argument in [-pi/4, pi/4] are then rotated by the quarter turns (exact). Real positions add the
+fraction's turns from a 30-bit fixed-point fraction. The tables are within 2 float32 units of
+the exact values at any position, which meets SPEC.md's strict level for |p| <= 2**24 and
+beyond. float64 computation (float64 inputs) uses float64 tables, cos/sin(p * freq), as the
+array-API core does.
+
+Shape letters: B... batch axes, L sequence, N heads, H head_dim, R rotated pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import array_api_compat.torch
+import torch
+from p_rope._params import (  # vendor: inline
+    POSITION_FLOAT_DTYPES,
+    RopeTables,
+    check_head_dim,
+    check_input_dtype,
+    check_input_shape,
+    check_max_wavelength,
+    check_pairing,
+    check_positions_dtype,
+    check_positions_shape,
+    check_same_batch,
+    check_scale_factor,
+    check_seq_axis,
+    check_tables,
+    check_tables_dtype,
+    frequency_values,
+    resolve_rotated_pairs,
+    revolution_chunks,
+    rotated_pair_count,
+)
+from p_rope.backends._core import (  # vendor: inline
+    rotate,
+    rotate_pairs,
+    rotated_lane_slices,
+)
+
+__all__ = [
+    "RopeTables",
+    "apply_p_rope",
+    "apply_p_rope_",
+    "apply_p_rope_qk",
+    "apply_p_rope_tables",
+    "frequencies",
+    "p_rope_tables",
+    "rotated_pair_count",
+]
+
+# ---------------------------------------------------------------------------------------------
+# dtypes and argument checks (messages from p_rope._params, identical in every implementation)
+
+_TORCH_DTYPE_NAMES = {
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+}
+_TORCH_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _torch_dtype_name(dtype: torch.dtype) -> str:
+    name = _TORCH_DTYPE_NAMES.get(dtype)
+    return name if name is not None else str(dtype).removeprefix("torch.")
+
+
+def _check_tensor(value: object, argument: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{argument} must be a torch.Tensor; got {type(value).__name__}")
+    return value
+
+
+def _check_torch_inputs(value: object, head_dim: int, argument: str = "inputs") -> torch.Tensor:
+    tensor = _check_tensor(value, argument)
+    check_input_dtype(_torch_dtype_name(tensor.dtype), argument)
+    check_input_shape(tuple(tensor.shape), head_dim, argument)
+    return tensor
+
+
+def _params(
+    head_dim: object, max_wavelength: object, rope_percentage: object, rotated_pairs: object, scale_factor: object
+) -> tuple[int, float, int, float]:
+    """Checked (H, w, R, scale), in the reference's order."""
+    head_dim_ = check_head_dim(head_dim)
+    pairs = resolve_rotated_pairs(head_dim_, rope_percentage, rotated_pairs)
+    return head_dim_, check_max_wavelength(max_wavelength), pairs, check_scale_factor(scale_factor)
+
+
+def _positions_on(positions: object, device: torch.device | None) -> torch.Tensor:
+    """positions as a tensor on device (None: where it is), with its dtype checked."""
+    if not isinstance(positions, torch.Tensor):
+        tensor = torch.as_tensor(positions)
+        if tensor.is_floating_point() and not hasattr(positions, "dtype"):
+            tensor = torch.as_tensor(positions, dtype=torch.float64)  # Python floats are float64
+        positions = tensor
+    dtype = positions.dtype
+    name = _torch_dtype_name(dtype)
+    is_integer = dtype in _TORCH_INTEGER_DTYPES
+    if not (is_integer or dtype.is_floating_point):
+        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
+    check_positions_dtype(name, is_integer)
+    if device is not None and positions.device != device:
+        positions = positions.to(device)
+    return positions
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float64 if any input is float64, else float32."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _prepare(
+    inputs: object,
+    positions: object,
+    head_dim: object,
+    max_wavelength: object,
+    rope_percentage: object,
+    rotated_pairs: object,
+    scale_factor: object,
+    pairing: object,
+    seq_axis: object,
+    argument: str = "inputs",
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, float, int, float], str, int]:
+    """Every check of apply_p_rope in SPEC.md's order, before any work."""
+    head_dim_ = check_head_dim(head_dim)
+    x = _check_torch_inputs(inputs, head_dim_, argument)
+    params = _params(head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    pairing_ = check_pairing(pairing)
+    seq_axis_ = check_seq_axis(seq_axis)
+    positions_ = _positions_on(positions, x.device)
+    check_positions_shape(tuple(positions_.shape), tuple(x.shape), seq_axis_)
+    return x, positions_, params, pairing_, seq_axis_
+
+
+# ---------------------------------------------------------------------------------------------
+# per-pair constants: pure Python on static values, computed once per parameter set, outside any
+# traced region (torch.compile takes the result as a constant)
+
+_FIXED_BITS = 60
+_HALF_BITS = 30
+_HALF_MASK = (1 << _HALF_BITS) - 1
+_TURN_MASK = (1 << _FIXED_BITS) - 1  # one turn = 2**60 units
+_HALF_TURN = 1 << (_FIXED_BITS - 1)
+_QUARTER_TURN = 1 << (_FIXED_BITS - 2)
+_SINE_OFFSETS = (_HALF_TURN, _QUARTER_TURN)  # v = t + 1/4 for cos (t + 1/4) and sin (t)
+_TURN_F32 = float(torch.tensor(2 * math.pi, dtype=torch.float32))  # 2 pi rounded to float32
+_UNIT_ANGLE_HI = math.ldexp(_TURN_F32, -_FIXED_BITS)  # radians per 2**-60 turn, exact in float32
+_UNIT_ANGLE_LO = math.ldexp(2 * math.pi - _TURN_F32, -_FIXED_BITS)
+_FRACTION_BITS = 30  # real positions: fraction held on a 2**-30 grid (angle error < 2**-31 rad)
+
+
+@functools.lru_cache(maxsize=256)
+def _pair_constants_cached(
+    head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
+    chunks = revolution_chunks(head_dim, max_wavelength, pairs, scale_factor)
+    high: list[int] = []
+    low: list[int] = []
+    for i in range(pairs):
+        if chunks[0][i] != 0.0:  # r_i < 1/(2 pi) always: w**(-2i/H) <= 1 and scale >= 1
+            raise AssertionError("a pair turns more than once per unit position")
+        fixed = sum(int(math.ldexp(row[i], _FIXED_BITS)) for row in chunks[1:])
+        high.append(fixed >> _HALF_BITS)
+        low.append(fixed & _HALF_MASK)
+    freq = tuple(frequency_values(head_dim, max_wavelength, pairs, scale_factor)[:pairs])
+    return tuple(high), tuple(low), freq
+
+
+@torch.compiler.assume_constant_result
+def _pair_constants(
+    head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
+    """(high, low, freq) of the R rotated pairs: revolutions per position as 60-bit fixed point
+    F = high * 2**30 + low (to 2**-60) and the float64 angular frequencies."""
+    return _pair_constants_cached(head_dim, max_wavelength, pairs, scale_factor)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_constant(values: tuple[Any, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _constant(values: tuple[Any, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor on device: cached in eager mode, a graph constant when compiling."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _device_constant(values, dtype, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def _turns_fixed(n: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """n * F mod 2**60 (up to a multiple of 2**60) for int64 n [..., 1] and F = high * 2**30 + low
+    [R], exact in int64 for |n| < 2**33: (n high mod 2**30) 2**30 + n low < 2**61."""
+    wrapped = torch.bitwise_and(n * high, _HALF_MASK)
+    return torch.add(n * low, wrapped, alpha=1 << _HALF_BITS)
+
+
+def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> RopeTables:
+    """float32 cos/sin of 2 pi frac(position * r_i), within 2 float32 units; see the module docstring.
+
+    Both come from one sine: cos(2 pi t) = sin(2 pi (t + 1/4)). With v = (t + 1/4) mod 1 and
+    d = v - 1/2 in [-1/2, 1/2), sin(2 pi t) = sin(2 pi (1/4 - |d|)) (a reflection, exact in
+    integers), whose argument lies in [-pi/2, pi/2]: one conversion to float32, one product by
+    2 pi (in two float32 pieces) and one float32 sine.
+    """
+    device = positions.device
+    finite = None
+    if positions.dtype.is_floating_point:
+        whole = torch.floor(positions)
+        fraction = positions - whole  # exact
+        finite = torch.isfinite(positions)[..., None]
+        # n F mod 2**60 depends on n mod 2**60 only; fmod is exact
+        whole = torch.fmod(whole, float(1 << _FIXED_BITS)).nan_to_num(0.0, 0.0, 0.0).to(torch.int64)
+        turns = _turns_fixed(whole[..., None], high, low)
+        f = torch.round(fraction * float(1 << _FRACTION_BITS)).nan_to_num(0.0, 0.0, 0.0).to(torch.int64)[..., None]
+        turns = turns + f * high + torch.bitwise_right_shift(f * low, _FRACTION_BITS)  # + f F / 2**30
+    else:
+        turns = _turns_fixed(positions.to(torch.int64)[..., None], high, low)
+    # [2, ..., R]: v = (t + 1/2) mod 1 (cos), (t + 1/4) mod 1 (sin); then d = v - 1/2
+    offsets = _constant(_SINE_OFFSETS, torch.int64, device).view(2, *(1,) * turns.dim())
+    shifted = torch.bitwise_and(turns.unsqueeze(0) + offsets, _TURN_MASK)
+    reduced = torch.abs(shifted.sub_(_HALF_TURN)).neg_().add_(_QUARTER_TURN).to(torch.float32)  # 1/4 - |d|
+    angle = reduced * _UNIT_ANGLE_HI
+    values = torch.sin_(angle.add_(reduced, alpha=_UNIT_ANGLE_LO))
+    if finite is not None:  # non-finite positions give NaN (SPEC.md)
+        values = torch.where(finite, values, math.nan)
+    return RopeTables(values[0], values[1])
+
+
+def _tables(positions: torch.Tensor, params: tuple[int, float, int, float], dtype: torch.dtype) -> RopeTables:
+    """cos/sin tables positions.shape + (R,) of dtype (float32: exact reduction; float64: cos/sin
+    of the float64 angle), on positions' device."""
+    high, low, freq = _pair_constants(*params)
+    device = positions.device
+    if dtype == torch.float64:
+        angle = positions.to(torch.float64)[..., None] * _constant(freq, torch.float64, device)
+        return RopeTables(torch.cos(angle), torch.sin(angle))
+    return _exact_float32_tables(positions, _constant(high, torch.int64, device), _constant(low, torch.int64, device))
+
+
+# ---------------------------------------------------------------------------------------------
+# rotation
+
+
+def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of the first and second elements of the R rotated pairs."""
+    first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
+    return x[..., first], x[..., second]
+
+
+def _copy_nope_lanes(out: torch.Tensor, x: torch.Tensor, pairs: int, pairing: str) -> None:
+    head_dim = x.shape[-1]
+    if pairing == "split_half":
+        half = head_dim // 2
+        if pairs < half:
+            out[..., pairs:half].copy_(x[..., pairs:half])
+            out[..., half + pairs :].copy_(x[..., half + pairs :])
+    elif 2 * pairs < head_dim:
+        out[..., 2 * pairs :].copy_(x[..., 2 * pairs :])
+
+
+def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
+    """[B'..., L, R] -> [B'..., L, 1, R] (seq_axis=-3) or [B'..., 1, L, R] (seq_axis=-2); [R]: L = 1."""
+    if table.dim() == 1:
+        table = table.unsqueeze(0)
+    return table.unsqueeze(-2 if seq_axis == -3 else -3)
+
+
+_CHUNK_ELEMENTS = 1 << 17  # rotated-lane elements per chunk: a chunk's output stays in cache
+_SMALL_ELEMENTS = 1 << 16  # below this, out of place starts from a full copy (fewer, larger ops)
+
+
+def _chunks(seq_axis: int, length: int, step: int, *tensors: torch.Tensor):
+    """The tensors cut in chunks of step along the sequence axis (those of size 1 there: whole)."""
+    if step >= length:
+        yield tensors
+        return
+    for start in range(0, length, step):
+        size = min(step, length - start)
+        yield tuple(t if t.shape[seq_axis] == 1 else t.narrow(seq_axis, start, size) for t in tensors)
+
+
+def _rotate_lanes_eager(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    out1: torch.Tensor,
+    out2: torch.Tensor,
+    seq_axis: int,
+    direction: float,
+) -> None:
+    """out1 = x1 cos - d x2 sin, out2 = x2 cos + d x1 sin (d = direction = +-1), in chunks along L.
+
+    cos/sin are expanded tables; out1/out2 may be x1/x2 themselves (in place). Arithmetic in the
+    tables' dtype, one rounding to the output dtype.
+    """
+    length = x1.shape[seq_axis]
+    per_token = x1.numel() // length if length else 1
+    step = max(1, _CHUNK_ELEMENTS // max(per_token, 1))
+    direct = x1.dtype == cos.dtype
+    in_place = out1.data_ptr() == x1.data_ptr()
+    for a, b, o1, o2, c, s in _chunks(seq_axis, length, step, x1, x2, out1, out2, cos, sin):
+        if direct and not in_place:
+            torch.mul(a, c, out=o1).addcmul_(b, s, value=-direction)
+            torch.mul(b, c, out=o2).addcmul_(a, s, value=direction)
+        elif direct:
+            t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
+            o2.mul_(c).addcmul_(a, s, value=direction)
+            o1.copy_(t1)
+        else:
+            t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
+            t2 = torch.mul(b, c).addcmul_(a, s, value=direction)
+            o1.copy_(t1)
+            o2.copy_(t2)
+
+
+def _rotate(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, seq_axis: int, direction: float
+) -> torch.Tensor:
+    """A new tensor: x rotated by the tables (direction -1: the inverse rotation); NoPE lanes copied."""
+    pairs = cos.shape[-1]
+    if torch.compiler.is_compiling():  # the array-API core, which the compiler fuses
+        return rotate(array_api_compat.torch, x, RopeTables(cos, sin if direction > 0 else -sin), pairing, seq_axis)
+    if pairs == 0 or x.numel() <= _SMALL_ELEMENTS:
+        out = x.clone()
+    else:
+        out = torch.empty_like(x)
+        _copy_nope_lanes(out, x, pairs, pairing)
+    if pairs:
+        x1, x2 = _lanes(x, pairs, pairing)
+        out1, out2 = _lanes(out, pairs, pairing)
+        _rotate_lanes_eager(x1, x2, _expand(cos, seq_axis), _expand(sin, seq_axis), out1, out2, seq_axis, direction)
+    return out
+
+
+def _rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, seq_axis: int) -> None:
+    pairs = cos.shape[-1]
+    if not pairs:
+        return
+    x1, x2 = _lanes(x, pairs, pairing)
+    c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
+    if torch.compiler.is_compiling():
+        o1, o2 = rotate_pairs(x1.to(c.dtype), x2.to(c.dtype), c, s)
+        x1.copy_(o1)
+        x2.copy_(o2)
+    else:
+        _rotate_lanes_eager(x1, x2, c, s, x1, x2, seq_axis, 1.0)
+
+
+def _table_gradients(
+    grad: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, pairing: str, seq_axis: int, direction: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the tables of a rotation of x, given the gradient of its output."""
+    pairs = cos.shape[-1]
+    g1, g2 = (lane.to(cos.dtype) for lane in _lanes(grad, pairs, pairing))
+    x1, x2 = (lane.to(cos.dtype) for lane in _lanes(x, pairs, pairing))
+    shape = _expand(cos, seq_axis).shape
+    grad_cos = (g1 * x1 + g2 * x2).sum_to_size(shape).reshape(cos.shape)
+    grad_sin = ((g2 * x1 - g1 * x2) * direction).sum_to_size(shape).reshape(cos.shape)
+    return grad_cos, grad_sin
+
+
+class _Rotation(torch.autograd.Function):
+    """Rotation by tables whose backward is the inverse rotation (saved: the tables)."""
+
+    @staticmethod
+    def forward(
+        x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, seq_axis: int, direction: float
+    ) -> torch.Tensor:
+        return _rotate(x, cos, sin, pairing, seq_axis, direction)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, cos, sin, pairing, seq_axis, direction = inputs
+        ctx.pairing, ctx.seq_axis, ctx.direction = pairing, seq_axis, direction
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            ctx.save_for_backward(cos, sin, x)
+        else:
+            ctx.save_for_backward(cos, sin)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        cos, sin = ctx.saved_tensors[:2]
+        grad_x = grad_cos = grad_sin = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _Rotation.apply(grad, cos, sin, ctx.pairing, ctx.seq_axis, -ctx.direction)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_cos, grad_sin = _table_gradients(
+                grad, ctx.saved_tensors[2], cos, ctx.pairing, ctx.seq_axis, ctx.direction
+            )
+        return grad_x, grad_cos, grad_sin, None, None, None
+
+
+def _apply_rotation(x: torch.Tensor, tables: RopeTables, pairing: str, seq_axis: int) -> torch.Tensor:
+    cos, sin = tables
+    if torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad):
+        return _Rotation.apply(x, cos, sin, pairing, seq_axis, 1.0)
+    return _rotate(x, cos, sin, pairing, seq_axis, 1.0)
+
+
+def _apply_rotation_in_place(x: torch.Tensor, tables: RopeTables, pairing: str, seq_axis: int) -> torch.Tensor:
+    cos, sin = tables
+    if torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad):
+        pairs = cos.shape[-1]
+        if pairs:
+            rotated = _Rotation.apply(x, cos, sin, pairing, seq_axis, 1.0)
+            for target, source in zip(_lanes(x, pairs, pairing), _lanes(rotated, pairs, pairing), strict=True):
+                target.copy_(source)
+        return x
+    _rotate_in_place(x, cos, sin, pairing, seq_axis)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# public API (SPEC.md, "API")
+
+
+def frequencies(
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The [H/2] angular frequencies (0 for NoPE pairs), float32 unless dtype=torch.float64."""
+    head_dim, w, pairs, scale = _params(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    dtype_ = _table_dtype(dtype)
+    freq = _pair_constants(head_dim, w, pairs, scale)[2] + (0.0,) * (head_dim // 2 - pairs)
+    return torch.tensor(freq, dtype=dtype_, device=device)
+
+
+def _table_dtype(dtype: object) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    name = _torch_dtype_name(dtype) if isinstance(dtype, torch.dtype) else str(dtype)
+    if name not in POSITION_FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64; got {name}")
+    return torch.float64 if name == "float64" else torch.float32
+
+
+def p_rope_tables(
+    positions: Any,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    dtype: torch.dtype | None = None,
+) -> RopeTables:
+    """cos/sin tables positions.shape + (R,) on positions' device; dtype None: float32 (exact)."""
+    positions_ = _positions_on(positions, None)
+    params = _params(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    return _tables(positions_, params, _table_dtype(dtype))
+
+
+def apply_p_rope_tables(
+    inputs: torch.Tensor, tables: RopeTables, *, pairing: str = "split_half", seq_axis: int = -3
+) -> torch.Tensor:
+    """Rotate inputs by precomputed tables (reusable for q and k and across layers)."""
+    if not isinstance(tables, tuple) or len(tables) != 2:
+        raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
+    x = _check_tensor(inputs, "inputs")
+    head_dim = x.shape[-1] if x.dim() else 0
+    check_input_dtype(_torch_dtype_name(x.dtype), "inputs")
+    check_input_shape(tuple(x.shape), head_dim, "inputs")
+    pairing_ = check_pairing(pairing)
+    seq_axis_ = check_seq_axis(seq_axis)
+    cos, sin = (t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in tables)
+    check_tables(tuple(cos.shape), tuple(sin.shape), head_dim)
+    check_tables_dtype(_torch_dtype_name(cos.dtype), _torch_dtype_name(x.dtype))
+    check_positions_shape(tuple(cos.shape[:-1]), tuple(x.shape), seq_axis_, "tables")
+    if cos.dtype != sin.dtype:
+        sin = sin.to(cos.dtype)
+    if cos.device != x.device:
+        cos, sin = cos.to(x.device), sin.to(x.device)
+    return _apply_rotation(x, RopeTables(cos, sin), pairing_, seq_axis_)
+
+
+def apply_p_rope(
+    inputs: torch.Tensor,
+    positions: Any,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    pairing: str = "split_half",
+    seq_axis: int = -3,
+) -> torch.Tensor:
+    """p-RoPE of inputs [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2) at positions
+    [B..., L]: a new tensor of the input's dtype, shape and device."""
+    x, positions_, params, pairing_, seq_axis_ = _prepare(
+        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    )
+    tables = _tables(positions_, params, _compute_dtype(x.dtype))
+    return _apply_rotation(x, tables, pairing_, seq_axis_)
+
+
+def apply_p_rope_(
+    inputs: torch.Tensor,
+    positions: Any,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    pairing: str = "split_half",
+    seq_axis: int = -3,
+) -> torch.Tensor:
+    """In-place apply_p_rope: writes only the 2R rotated lanes of inputs and returns inputs."""
+    x, positions_, params, pairing_, seq_axis_ = _prepare(
+        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    )
+    tables = _tables(positions_, params, _compute_dtype(x.dtype))
+    return _apply_rotation_in_place(x, tables, pairing_, seq_axis_)
+
+
+def apply_p_rope_qk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    positions: Any,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    pairing: str = "split_half",
+    seq_axis: int = -3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """apply_p_rope of q and k (heads may differ; batch axes and L may not), one table build."""
+    q_, positions_, params, pairing_, seq_axis_ = _prepare(
+        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    )
+    k_ = _check_torch_inputs(k, params[0], "k")
+    check_same_batch(tuple(q_.shape), tuple(k_.shape), seq_axis_)
+    tables = _tables(positions_, params, _compute_dtype(q_.dtype, k_.dtype))
+    return _apply_rotation(q_, tables, pairing_, seq_axis_), _apply_rotation(k_, tables, pairing_, seq_axis_)
