@@ -1,0 +1,266 @@
+"""Array libraries as the suite sees them: NumPy arrays in, native arrays on a device, NumPy out.
+
+Each framework is imported only when a case needs it (``jax`` and ``torch`` never together unless
+both are asked for). The device names are the suite's: "cpu", "cuda", "tpu", "mps".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda", "tpu", "mps")
+
+
+class Framework:
+    """How to move arrays to and from one array library, and what it offers."""
+
+    name = ""
+    devices: tuple[str, ...] = ("cpu",)  # the devices this library can run on at all
+    dtypes: tuple[str, ...] = ("float16", "bfloat16", "float32", "float64")
+    has_autodiff = False
+    mutable = True
+
+    def present(self, device: str) -> bool:
+        return device == "cpu"
+
+    def device_description(self, device: str) -> str:
+        return device
+
+    def to_native(self, array: np.ndarray, device: str) -> Any:
+        raise NotImplementedError
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def is_native(self, value: object) -> bool:
+        raise NotImplementedError
+
+    def device_of(self, array: Any) -> str:
+        return "cpu"
+
+    def dtype(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def vjp(self, function: Callable[[Any], Any], x: Any, cotangent: Any) -> Any:
+        raise NotImplementedError(f"{self.name} has no autodiff")
+
+    @contextlib.contextmanager
+    def precision(self, needs_64bit: bool) -> Iterator[None]:
+        """Context in which 64-bit arrays exist (JAX: x64); a no-op elsewhere."""
+        yield
+
+    def synchronize(self, value: Any) -> Any:
+        return value
+
+    def call(self, function: Callable[..., Any], *arrays: Any, allow_eager: bool = False) -> Any:
+        """function(*arrays), compiled the framework's way (JAX: under jit)."""
+        return function(*arrays)
+
+
+class NumpyFramework(Framework):
+    name = "numpy"
+
+    def to_native(self, array: np.ndarray, device: str) -> Any:
+        return array.copy()
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def is_native(self, value: object) -> bool:
+        return isinstance(value, np.ndarray)
+
+    def dtype(self, name: str) -> Any:
+        from .cases import numpy_dtype
+
+        return numpy_dtype(name)
+
+
+class StrictFramework(Framework):
+    """array-api-strict: the standard's dtypes only (no float16, no bfloat16)."""
+
+    name = "array_api_strict"
+    dtypes = ("float32", "float64")
+
+    def _xp(self) -> Any:
+        import array_api_strict
+
+        return array_api_strict
+
+    def to_native(self, array: np.ndarray, device: str) -> Any:
+        return self._xp().asarray(array.copy())
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.from_dlpack(array).copy()
+
+    def is_native(self, value: object) -> bool:
+        return type(value).__module__.startswith("array_api_strict")
+
+    def dtype(self, name: str) -> Any:
+        return getattr(self._xp(), name)
+
+
+class JaxFramework(Framework):
+    name = "jax"
+    devices = ("cpu", "cuda", "tpu")
+    has_autodiff = True
+    mutable = False
+    _PLATFORMS: ClassVar[dict[str, str]] = {"cpu": "cpu", "cuda": "gpu", "tpu": "tpu"}
+
+    def _jax(self) -> Any:
+        import jax
+
+        return jax
+
+    def _device(self, device: str) -> Any:
+        jax = self._jax()
+        return jax.devices(self._PLATFORMS[device])[0]
+
+    def present(self, device: str) -> bool:
+        if device not in self._PLATFORMS:
+            return False
+        try:
+            return bool(self._jax().devices(self._PLATFORMS[device]))
+        except RuntimeError:
+            return False
+
+    def device_description(self, device: str) -> str:
+        return str(getattr(self._device(device), "device_kind", device))
+
+    def to_native(self, array: np.ndarray, device: str) -> Any:
+        jax = self._jax()
+        if not jax.config.jax_enable_x64 and array.dtype.itemsize == 8:
+            if array.dtype.kind in "iu" and np.abs(array).max(initial=0) < 2**31:
+                array = array.astype(np.int32)
+            else:
+                raise TypeError(f"{array.dtype} array needs jax_enable_x64")
+        return jax.device_put(array, self._device(device))
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def is_native(self, value: object) -> bool:
+        return isinstance(value, self._jax().Array)
+
+    def device_of(self, array: Any) -> str:
+        platforms = {d.platform for d in array.devices()}
+        names = {"gpu": "cuda", "cuda": "cuda", "rocm": "cuda", "cpu": "cpu", "tpu": "tpu"}
+        return ",".join(sorted(names.get(p, p) for p in platforms))
+
+    def dtype(self, name: str) -> Any:
+        import jax.numpy as jnp
+
+        return getattr(jnp, name)
+
+    def vjp(self, function: Callable[[Any], Any], x: Any, cotangent: Any) -> Any:
+        _, pullback = self._jax().vjp(function, x)
+        (grad,) = pullback(cotangent)
+        return grad
+
+    @contextlib.contextmanager
+    def precision(self, needs_64bit: bool) -> Iterator[None]:
+        jax = self._jax()
+        before = bool(jax.config.jax_enable_x64)
+        jax.config.update("jax_enable_x64", needs_64bit)
+        try:
+            yield
+        finally:
+            jax.config.update("jax_enable_x64", before)
+
+    def synchronize(self, value: Any) -> Any:
+        return self._jax().block_until_ready(value)
+
+    def call(self, function: Callable[..., Any], *arrays: Any, allow_eager: bool = False) -> Any:
+        """Under jax.jit (the parameters are Python values closed over, hence static). With
+        allow_eager, a function that cannot be traced (it reads array values in Python) runs eagerly."""
+        jax = self._jax()
+        try:
+            return jax.jit(function)(*arrays)
+        except jax.errors.JAXTypeError:
+            if not allow_eager:
+                raise
+            self.eager_calls += 1
+            return function(*arrays)
+
+    eager_calls = 0
+
+
+class TorchFramework(Framework):
+    name = "torch"
+    devices = ("cpu", "cuda", "mps")
+    has_autodiff = True
+
+    def _torch(self) -> Any:
+        import torch
+
+        return torch
+
+    def present(self, device: str) -> bool:
+        torch = self._torch()
+        if device == "cpu":
+            return True
+        if device == "cuda":
+            return bool(torch.cuda.is_available())
+        if device == "mps":
+            return bool(torch.backends.mps.is_available())
+        return False
+
+    def device_description(self, device: str) -> str:
+        torch = self._torch()
+        if device == "cuda":
+            return str(torch.cuda.get_device_name(0))
+        return device
+
+    def to_native(self, array: np.ndarray, device: str) -> Any:
+        torch = self._torch()
+        if array.dtype.name == "bfloat16":
+            tensor = torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+        else:
+            tensor = torch.from_numpy(array.copy())
+        return tensor.to(device)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        torch = self._torch()
+        array = array.detach().cpu()
+        if array.dtype == torch.bfloat16:
+            from .cases import numpy_dtype
+
+            return array.view(torch.int16).numpy().view(numpy_dtype("bfloat16"))
+        return array.numpy()
+
+    def is_native(self, value: object) -> bool:
+        return isinstance(value, self._torch().Tensor)
+
+    def device_of(self, array: Any) -> str:
+        return str(array.device.type)
+
+    def dtype(self, name: str) -> Any:
+        return getattr(self._torch(), name)
+
+    def vjp(self, function: Callable[[Any], Any], x: Any, cotangent: Any) -> Any:
+        torch = self._torch()
+        x = x.detach().clone().requires_grad_(True)
+        out = function(x)
+        (grad,) = torch.autograd.grad(out, x, cotangent)
+        return grad
+
+    def synchronize(self, value: Any) -> Any:
+        torch = self._torch()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return value
+
+
+FRAMEWORKS: dict[str, Callable[[], Framework]] = {
+    "numpy": NumpyFramework,
+    "array_api_strict": StrictFramework,
+    "jax": JaxFramework,
+    "torch": TorchFramework,
+}
+
+
+def framework(name: str) -> Framework:
+    return FRAMEWORKS[name]()

@@ -1,0 +1,260 @@
+"""What the suite runs cases against: this project's backends, or any callable (``check``).
+
+A target knows its framework and device and turns a case's native arrays into the call of one
+operation (apply, tables, qk, inplace, grad); it raises ``NotApplicable`` for an operation it
+does not have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .cases import Case
+from .frameworks import Framework, framework
+
+# name -> (framework, how to load the module); see conformance/README.md to add one.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "reference": ("numpy", "module:p_rope.reference"),
+    "array_api:numpy": ("numpy", "module:p_rope.backends.array_api"),
+    "array_api:strict": ("array_api_strict", "module:p_rope.backends.array_api"),
+    "array_api:jax": ("jax", "module:p_rope.backends.array_api"),
+    "array_api:torch": ("torch", "module:p_rope.backends.array_api"),
+    "jax": ("jax", "module:p_rope.backends.jax"),
+    "torch": ("torch", "module:p_rope.backends.torch"),
+    "vendor:jax": ("jax", "vendor:p_rope_jax.py"),
+    "vendor:torch": ("torch", "vendor:p_rope_torch.py"),
+}
+
+
+class NotApplicable(Exception):
+    """The target has no such operation (e.g. in-place on JAX, gradients in NumPy)."""
+
+
+def vendor_dir() -> Path:
+    """Where the vendored single files live (P_ROPE_VENDOR_DIR overrides)."""
+    override = os.environ.get("P_ROPE_VENDOR_DIR")
+    if override:
+        return Path(override)
+    import p_rope.backends.vendor
+
+    return Path(p_rope.backends.vendor.__file__).parent
+
+
+def load_file(path: Path, module_name: str) -> ModuleType:
+    """Import a Python file as a top-level module of its own (never as a p_rope submodule)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def load_backend_module(name: str) -> ModuleType:
+    _, where = BACKENDS[name]
+    kind, _, target = where.partition(":")
+    if kind == "module":
+        return importlib.import_module(target)
+    return load_file(vendor_dir() / target, "p_rope_vendored_" + Path(target).stem.removeprefix("p_rope_"))
+
+
+@dataclasses.dataclass
+class Target:
+    """Base: a framework on a device, and the operations it offers."""
+
+    name: str
+    framework: Framework
+    device: str
+
+    def ops(self) -> set[str]:
+        raise NotImplementedError
+
+    def apply(self, case: Case, x: Any, positions: Any) -> Any:
+        raise NotImplementedError
+
+    def tables(self, case: Case, x: Any, positions: Any) -> tuple[Any, tuple[Any, Any]]:
+        raise NotApplicable("tables")
+
+    def qk(self, case: Case, q: Any, k: Any, positions: Any) -> tuple[Any, Any]:
+        raise NotApplicable("qk")
+
+    def inplace(self, case: Case, x: Any, positions: Any) -> Any:
+        raise NotApplicable("inplace")
+
+    def grad(self, case: Case, x: Any, positions: Any, cotangent: Any) -> Any:
+        if not self.framework.has_autodiff:
+            raise NotApplicable("grad")
+        fw = self.framework
+        return fw.call(lambda v, p, g: fw.vjp(lambda u: self._apply(case, u, p), v, g), x, positions, cotangent)
+
+    def _apply(self, case: Case, x: Any, positions: Any) -> Any:
+        """apply without compiling (grad compiles the whole vjp)."""
+        raise NotImplementedError
+
+
+def _arguments(case: Case) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (case.head_dim, case.max_wavelength, case.rope_percentage), case.keywords()
+
+
+@dataclasses.dataclass
+class BackendTarget(Target):
+    """One of this project's backends: the API of SPEC.md."""
+
+    module: ModuleType | None = None
+
+    def ops(self) -> set[str]:
+        ops = {"apply", "special", "errors"}
+        if hasattr(self.module, "p_rope_tables") and hasattr(self.module, "apply_p_rope_tables"):
+            ops.add("tables")
+        if hasattr(self.module, "apply_p_rope_qk"):
+            ops.add("qk")
+        if hasattr(self.module, "apply_p_rope_") and self.framework.mutable:
+            ops.add("inplace")
+        if self.framework.has_autodiff:
+            ops.add("grad")
+        return ops
+
+    def _apply(self, case: Case, x: Any, positions: Any) -> Any:
+        args, kw = _arguments(case)
+        return self.module.apply_p_rope(x, positions, *args, **kw)  # type: ignore[union-attr]
+
+    def apply(self, case: Case, x: Any, positions: Any) -> Any:
+        return self.framework.call(lambda v, p: self._apply(case, v, p), x, positions)
+
+    def tables(self, case: Case, x: Any, positions: Any) -> tuple[Any, tuple[Any, Any]]:
+        m = self.module
+        dtype = self.framework.dtype("float64") if case.dtype == "float64" else None
+
+        def run(v: Any, p: Any) -> tuple[Any, tuple[Any, Any]]:
+            tables = m.p_rope_tables(  # type: ignore[union-attr]
+                p,
+                case.head_dim,
+                case.max_wavelength,
+                case.rope_percentage,
+                rotated_pairs=case.rotated_pairs,
+                scale_factor=case.scale_factor,
+                dtype=dtype,
+            )
+            out = m.apply_p_rope_tables(v, tables, pairing=case.pairing, seq_axis=case.seq_axis)  # type: ignore[union-attr]
+            return out, tuple(tables)  # type: ignore[return-value]
+
+        return self.framework.call(run, x, positions)  # type: ignore[no-any-return]
+
+    def qk(self, case: Case, q: Any, k: Any, positions: Any) -> tuple[Any, Any]:
+        args, kw = _arguments(case)
+        run = lambda a, b, p: self.module.apply_p_rope_qk(a, b, p, *args, **kw)  # type: ignore[union-attr]
+        return self.framework.call(run, q, k, positions)  # type: ignore[no-any-return]
+
+    def inplace(self, case: Case, x: Any, positions: Any) -> Any:
+        args, kw = _arguments(case)
+        return self.module.apply_p_rope_(x, positions, *args, **kw)  # type: ignore[union-attr]
+
+
+def backend_target(name: str, device: str) -> BackendTarget:
+    """Load backend ``name`` (its framework is imported here, not before)."""
+    if name not in BACKENDS:
+        raise KeyError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    fw = framework(BACKENDS[name][0])
+    return BackendTarget(name, fw, device, load_backend_module(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Any callable (`check`)
+
+SIGNATURES = ("paper", "gemma", "ours")
+OUR_KEYWORDS = ("rotated_pairs", "scale_factor", "pairing", "seq_axis")
+
+
+def load_callable(spec: str) -> tuple[Callable[..., Any], str]:
+    """``module:function`` or ``path/to/file.py:function`` (dotted attributes allowed).
+
+    Returns the callable and the import statement a reproducer script uses to get it.
+    """
+    where, sep, attribute = spec.rpartition(":")
+    if not sep or not where or not attribute:
+        raise ValueError(f"--impl must look like module:function or path/file.py:function; got {spec!r}")
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        path = Path(where).resolve()
+        obj: Any = load_file(path, "p_rope_impl_under_test")
+        head, *rest = attribute.split(".")
+        statement = (
+            "import importlib.util\n"
+            f"_spec = importlib.util.spec_from_file_location('impl_under_test', {str(path)!r})\n"
+            "_module = importlib.util.module_from_spec(_spec)\n"
+            "_spec.loader.exec_module(_module)\n"
+            f"impl = _module.{attribute}\n"
+        )
+    else:
+        obj = importlib.import_module(where)
+        head, *rest = attribute.split(".")
+        statement = f"import {where}\nimpl = {where}.{attribute}\n"
+    for part in [head, *rest]:
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec} is not callable")
+    return obj, statement
+
+
+def detect_signature(function: Callable[..., Any]) -> tuple[str, frozenset[str]]:
+    """("paper" | "gemma" | "ours", the keywords of this project's signature it accepts)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return "paper", frozenset()
+    names = set(parameters)
+    if "base_frequency" in names:
+        return "gemma", frozenset({"scale_factor"} & names)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return "ours", frozenset(OUR_KEYWORDS)
+    accepted = frozenset(k for k in OUR_KEYWORDS if k in names)
+    return ("ours" if accepted else "paper"), accepted
+
+
+@dataclasses.dataclass
+class CallableTarget(Target):
+    """A third party's p-RoPE function, called with the paper's, Gemma's or this project's signature."""
+
+    function: Callable[..., Any] | None = None
+    signature: str = "paper"
+    keywords: frozenset[str] = frozenset()
+
+    def ops(self) -> set[str]:
+        return {"apply", "special"}
+
+    def supports(self, case: Case) -> str | None:
+        """None if the case can be expressed with this signature, else why not."""
+        if self.signature in ("paper", "gemma"):
+            needed = set(case.keywords()) - set(self.keywords)
+            if needed or len(case.shape) != 4 or case.positions.form != "full":
+                return "needs " + (", ".join(sorted(needed)) if needed else "[B, L, N, H] inputs / [B, L] positions")
+            return None
+        missing = set(case.keywords()) - set(self.keywords)
+        return f"needs keyword {', '.join(sorted(missing))}" if missing else None
+
+    def _apply(self, case: Case, x: Any, positions: Any) -> Any:
+        f = self.function
+        assert f is not None
+        if self.signature == "gemma":
+            kw = {"scale_factor": case.scale_factor} if case.scale_factor != 1.0 else {}
+            return f(x, positions, base_frequency=case.max_wavelength, rope_proportion=case.rope_percentage, **kw)
+        args, kw = _arguments(case)
+        return f(x, positions, *args, **kw)
+
+    def apply(self, case: Case, x: Any, positions: Any) -> Any:
+        return self.framework.call(lambda v, p: self._apply(case, v, p), x, positions, allow_eager=True)
