@@ -16,9 +16,10 @@ and each dtype (float32, bfloat16):
 - a plain copy of the input in each framework: the floor of a memory-bound op.
 
 Timing: each call is synchronized (jax.block_until_ready, torch.cuda.synchronize); 3 warm-up calls
-(compilation included, its time reported as "first call"); then REPS repetitions of a batch of
-calls sized to last >= 50 ms, the batch mean being one sample; median, quartiles and min/max over
-the samples; the garbage collector off while timing. Threads are fixed before the frameworks load.
+(compilation included, its time reported as "first call"); then REPS rounds in which every entry of
+the case takes one sample in turn (round-robin, so a disturbance hits all alike), a sample being the
+mean of a batch of calls lasting >= 50 ms; median, quartiles and min/max over the samples; the
+garbage collector off while timing. Threads are fixed before the frameworks load.
 Every output of ours and of the baselines is also graded against the NumPy reference (SPEC.md's
 accuracy levels) on a subsample of tokens, so the table shows what each figure buys.
 """
@@ -197,38 +198,68 @@ def machine_info(device: str, threads: int, load_start: tuple[float, ...]) -> di
 # timing
 
 
-def measure(entry: Entry, sync: Callable[[Any], None], reps: int, min_rep_s: float, warmup: int) -> Result:
-    result = Result(entry.name, entry.framework, entry.role, entry.kind, entry.note)
+def failure(error: Exception) -> str:
+    traceback.print_exc()
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def warm_up(entry: Entry, sync: Callable[[Any], None], min_rep_s: float, warmup: int, result: Result) -> int:
+    """Warm-up calls (the first timed as "first call"); returns the batch size of one sample."""
+    start = time.perf_counter()
+    sync(entry.run())
+    result.first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        sync(entry.run())
+    start = time.perf_counter()
+    sync(entry.run())
+    one = time.perf_counter() - start
+    return max(1, min(100_000, math.ceil(min_rep_s / max(one, 1e-7))))
+
+
+def sample(entry: Entry, sync: Callable[[Any], None], inner: int) -> float:
+    """Mean seconds per call over a batch of ``inner`` synchronized calls."""
+    gc.disable()
     try:
         start = time.perf_counter()
-        sync(entry.run())
-        result.first = time.perf_counter() - start
-        for _ in range(warmup - 1):
+        for _ in range(inner):
             sync(entry.run())
-        start = time.perf_counter()
-        sync(entry.run())
-        one = time.perf_counter() - start
-        inner = max(1, min(100_000, math.ceil(min_rep_s / max(one, 1e-7))))
-        samples = []
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(reps):
-                start = time.perf_counter()
-                for _ in range(inner):
-                    sync(entry.run())
-                samples.append((time.perf_counter() - start) / inner)
-        finally:
-            gc.enable()
-    except Exception as error:  # an entry that fails is reported, the run goes on
-        result.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        traceback.print_exc()
-        return result
-    samples.sort()
+        return (time.perf_counter() - start) / inner
+    finally:
+        gc.enable()
+
+
+def summarize(result: Result, samples: list[float], inner: int) -> None:
+    samples = sorted(samples)
     quartiles = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) > 1 else [samples[0]] * 3
     result.median, result.q1, result.q3 = statistics.median(samples), quartiles[0], quartiles[2]
-    result.low, result.high, result.inner, result.reps = samples[0], samples[-1], inner, reps
-    return result
+    result.low, result.high, result.inner, result.reps = samples[0], samples[-1], inner, len(samples)
+
+
+def measure_all(entries: list[Entry], device: str, reps: int, min_rep_s: float, warmup: int) -> list[Result]:
+    """Warm every entry up, then take the samples round-robin, so that a disturbance of the machine
+    (another process, frequency changes) falls on all implementations alike rather than on one."""
+    results = [Result(e.name, e.framework, e.role, e.kind, e.note) for e in entries]
+    syncs = [make_sync(e.framework, device) for e in entries]
+    inner = [0] * len(entries)
+    for i, entry in enumerate(entries):
+        try:
+            inner[i] = warm_up(entry, syncs[i], min_rep_s, warmup, results[i])
+        except Exception as error:  # an entry that fails is reported, the run goes on
+            results[i].error = failure(error)
+    samples: list[list[float]] = [[] for _ in entries]
+    gc.collect()
+    for _ in range(reps):
+        for i, entry in enumerate(entries):
+            if results[i].error:
+                continue
+            try:
+                samples[i].append(sample(entry, syncs[i], inner[i]))
+            except Exception as error:
+                results[i].error = failure(error)
+    for i in range(len(entries)):
+        if not results[i].error:
+            summarize(results[i], samples[i], inner[i])
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,9 +586,8 @@ def make_sync(framework: str, device: str) -> Callable[[Any], None]:
 def run_case(case: Case, reps: int, min_rep_s: float, warmup: int, log: Callable[[str], None]) -> CaseResult:
     skips: dict[str, str] = {}
     entries = case.entries(skips)
-    results = []
-    for entry in entries:
-        result = measure(entry, make_sync(entry.framework, case.device), reps, min_rep_s, warmup)
+    results = measure_all(entries, case.device, reps, min_rep_s, warmup)
+    for entry, result in zip(entries, results, strict=True):
         if not result.error and entry.kind not in ("copy", "tables"):
             try:
                 output = (entry.output or entry.run)()
@@ -566,7 +596,6 @@ def run_case(case: Case, reps: int, min_rep_s: float, warmup: int, log: Callable
                 result.accuracy = f"not graded ({type(error).__name__}: {error})"
         shown = "failed: " + result.error if result.error else f"{fmt_ms(result.median)} ms  {result.accuracy}"
         log(f"  {entry.name:<50} {shown}")
-        results.append(result)
     for name, why in skips.items():
         results.append(Result(name, "", "skipped", "", "", error=f"skipped: {why}"))
         log(f"  {name:<50} skipped: {why}")
@@ -845,7 +874,11 @@ def render_section(section: dict[str, Any]) -> list[str]:
     cases = [CaseResult(**{**c, "results": [Result(**r) for r in c["results"]]}) for c in section["cases"]]
     device = section["device"]
     lines = [f"## Device: {section['machine']['device']}", ""]
-    lines += [f"Measured {section['date']} with `{section['command']}` ({section['elapsed_s']:.0f} s).", ""]
+    lines += [
+        f"Measured {section['date']} with `{section['command']}` in {section['elapsed_s']:.0f} s, "
+        f"{section['reps']} samples per implementation.",
+        "",
+    ]
     lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in section["machine"].items()]
     lines += ["", f"HF baseline: {section.get('hf_source', 'not run')}.", ""]
     lines += ["### Targets", ""]
@@ -872,10 +905,12 @@ as a multiple of the copy in the same framework (NumPy, torch and JAX allocate t
 differently; all three copies are listed).
 
 Method: each call synchronized (`jax.block_until_ready`; `torch.cuda.synchronize` on a GPU);
-3 warm-up calls (the first, compilation included, is the "first call" column); then REPS samples,
-each the mean of a batch of calls lasting at least 50 ms (so decode latencies are averaged over
-hundreds of calls); median, interquartile range and min-max over the samples; the garbage
-collector off while timing. Threads are fixed before the frameworks load (machine table).
+3 warm-up calls (the first, compilation included, is the "first call" column); then rounds in
+which every implementation of the case takes one sample in turn (so a disturbance of the machine
+falls on all alike), a sample being the mean of a batch of calls lasting at least 50 ms (decode
+latencies are averaged over hundreds of calls); median, interquartile range and min-max over the
+samples (their count is in each device section); the garbage collector off while timing. Threads
+are fixed before the frameworks load (machine table).
 "Accuracy" grades each output against the NumPy reference on a subsample of tokens with SPEC.md's
 levels: "strict" (a few float32 ulps of each pair's norm at any position up to 2**24),
 "conformant only" (the float32-angle error allowed at training positions), or "fails".
@@ -957,6 +992,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(args.device, args.threads, load_start),
         "hf_source": hf_source,
         "quick": args.quick,
+        "reps": reps,
         "cases": [dataclasses.asdict(c) for c in cases],
     }
     scratch = Path(tempfile.gettempdir())
