@@ -129,30 +129,22 @@ def implementations(H: int, w: float, p: float) -> tuple[dict[str, Callable[[Any
 def errors(config: dict[str, Any], starts: np.ndarray, seed: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """name -> [relative error, ÷ strict bound, ÷ conformant bound] per window start, shape [len(starts), 3]."""
     import p_rope
-    from p_rope.tolerance import bound
+    from p_rope.tolerance import error_map
 
     H, w, p = config["H"], config["w"], config["p"]
     R = p_rope.rotated_pair_count(H, p)
     positions = np.minimum(starts[:, None] + np.arange(WINDOW), MAX_POSITION).reshape(1, -1)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, positions.shape[1], HEADS, H), dtype=np.float32)
-    exact = p_rope.apply_p_rope(x.astype(np.float64), positions, H, w, p)
-    half = H // 2
     x64 = x.astype(np.float64)
-    norm = np.hypot(x64[..., :R], x64[..., half : half + R])
-    freq = p_rope.frequencies(H, w, p)[:R]
-    theta = np.broadcast_to((positions.astype(np.float64)[..., None] * freq)[:, :, None, :], norm.shape)
-    strict = bound("strict", "float32", norm, theta)
-    conformant = bound("conformant", "float32", norm, theta)
+    norm = np.hypot(x64[..., :R], x64[..., H // 2 : H // 2 + R])
     funcs, missing = implementations(H, w, p)
     out: dict[str, np.ndarray] = {}
     for name, func in funcs.items():
-        got = np.asarray(func(x, positions)).astype(np.float64)
-        err = np.maximum(
-            np.abs(got[..., :R] - exact[..., :R]), np.abs(got[..., half : half + R] - exact[..., half : half + R])
-        )
+        emap = error_map(np.asarray(func(x, positions)), x, positions, H, w, p)
         per_window = [
-            (err / scale).reshape(len(starts), WINDOW * HEADS * R).max(axis=1) for scale in (norm, strict, conformant)
+            values.reshape(len(starts), WINDOW * HEADS * R).max(axis=1)
+            for values in (emap.error / norm, emap.ratio["strict"], emap.ratio["conformant"])
         ]
         rel, mult = per_window[0], per_window[1]
         out[name] = np.stack(per_window, axis=1)
@@ -181,10 +173,10 @@ def report(results: dict[str, tuple[dict[str, np.ndarray], dict[str, str]]], sta
         f"starting at {len(starts)} points log-spaced from 1 to 2**24 (the last windows end at 2**24).",
         "Error of a rotated pair: max(|o1 - y1|, |o2 - y2|) against the exact result (the NumPy reference",
         "in float64), divided by the pair's input norm nx; each cell is the maximum over the window's",
-        "tokens, heads and rotated pairs. SPEC.md's strict bound is nx (2**-24 + 8 2**-24) + s_out, i.e.",
-        f"a relative error of {strict_rel:.3g}; the multiple of it is in parentheses (<= 1 passes). The",
-        "conformant bound, nx (4 2**-24 + 4 2**-24 (1 + theta)) + s_out, grows with the angle theta: it admits",
-        "the float32-angle error at training positions.",
+        "tokens, heads and rotated pairs (p_rope.tolerance.error_map). SPEC.md's strict bound is",
+        f"nx (2**-24 + 8 2**-24) + s_out, a relative error of {strict_rel:.3g}; the multiple of it is in",
+        "parentheses (<= 1 passes). The conformant bound, nx (4 2**-24 + 4 2**-24 (1 + theta (1 + lam))) + s_out,",
+        "grows with the angle theta: it admits the float32-angle error at training positions.",
         "",
     ]
     for key, (errs, missing) in results.items():
