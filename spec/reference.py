@@ -155,11 +155,11 @@ def _rotated_lanes(inputs: np.ndarray, tables: RopeTables, pairing: str, seq_axi
     """The rotated lanes' indices and values: (first, second, out1, out2), out* in the input dtype."""
     head_dim = inputs.shape[-1]
     first, second = _lanes(head_dim, tables.cos.shape[-1], pairing)
-    x1 = inputs[..., first].astype(np.float64)
-    x2 = inputs[..., second].astype(np.float64)
     cos = _expand_tables(tables.cos.astype(np.float64), seq_axis)
     sin = _expand_tables(tables.sin.astype(np.float64), seq_axis)
     with np.errstate(invalid="ignore", over="ignore"):  # IEEE arithmetic on inf and NaN (SPEC.md §6)
+        x1 = inputs[..., first].astype(np.float64)  # ml_dtypes warns when it widens a signaling NaN
+        x2 = inputs[..., second].astype(np.float64)
         out1 = _round_once(x1 * cos - x2 * sin, inputs.dtype)
         out2 = _round_once(x2 * cos + x1 * sin, inputs.dtype)
     return first, second, out1, out2
