@@ -315,36 +315,42 @@ def _table_axis(seq_axis: int) -> int:
 
 
 def _pair_lanes(x: jax.Array, pairs: int, pairing: str) -> tuple[jax.Array, jax.Array]:
+    """(x1, x2), the first and second elements of the rotated pairs, [..., R] each. Both are read
+    through one strided view of x ([..., 2, H/2] or [..., H/2, 2]), which XLA reads straight from
+    the input buffer (no slice copies)."""
+    half = x.shape[-1] // 2
     if pairing == "split_half":
-        half = x.shape[-1] // 2
-        return x[..., :pairs], x[..., half : half + pairs]
-    both = x[..., : 2 * pairs].reshape(*x.shape[:-1], pairs, 2)
-    return both[..., 0], both[..., 1]
+        view = x.reshape(*x.shape[:-1], 2, half)[..., :pairs]
+        return view[..., 0, :], view[..., 1, :]
+    view = x.reshape(*x.shape[:-1], half, 2)[..., :pairs, :]
+    return view[..., 0], view[..., 1]
 
 
 def _rotate_lanes(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, seq_axis: int) -> jax.Array:
-    """x with its 2R rotated lanes turned by (cos, sin); computed in the tables' dtype and rounded
-    once to x's dtype; NoPE lanes copied bit for bit."""
+    """x with its 2R rotated lanes turned by (cos, sin), computed in the tables' dtype and rounded
+    once to x's dtype; NoPE lanes copied bit for bit.
+
+    When NoPE lanes exist the result is a copy of x updated in place on the rotated lanes (XLA:
+    one copy, then dynamic-update-slices that touch only those lanes); otherwise one fused pass."""
     pairs = cos.shape[-1]
     if pairs == 0:
         return x
     axis = _table_axis(seq_axis)
     c, s = jnp.expand_dims(cos, axis), jnp.expand_dims(sin, axis)
-    x1, x2 = _pair_lanes(x, pairs, pairing)
-    x1, x2 = x1.astype(c.dtype), x2.astype(c.dtype)
+    x1, x2 = (v.astype(c.dtype) for v in _pair_lanes(x, pairs, pairing))
     o1 = (x1 * c - x2 * s).astype(x.dtype)
     o2 = (x2 * c + x1 * s).astype(x.dtype)
-    head_dim = x.shape[-1]
+    half = x.shape[-1] // 2
+    last = x.ndim - 1
     if pairing == "split_half":
-        half = head_dim // 2
         if pairs == half:
-            return jnp.concatenate([o1, o2], axis=-1)
-        out = lax.dynamic_update_slice_in_dim(x, o1, 0, axis=x.ndim - 1)
-        return lax.dynamic_update_slice_in_dim(out, o2, half, axis=x.ndim - 1)
+            return jnp.stack([o1, o2], axis=-2).reshape(x.shape)
+        out = lax.dynamic_update_slice_in_dim(x, o1, 0, axis=last)
+        return lax.dynamic_update_slice_in_dim(out, o2, half, axis=last)
     both = jnp.stack([o1, o2], axis=-1).reshape(*x.shape[:-1], 2 * pairs)
-    if 2 * pairs == head_dim:
+    if pairs == half:
         return both
-    return lax.dynamic_update_slice_in_dim(x, both, 0, axis=x.ndim - 1)
+    return lax.dynamic_update_slice_in_dim(x, both, 0, axis=last)
 
 
 def _sum_to(value: jax.Array, shape: tuple[int, ...]) -> jax.Array:
