@@ -40,6 +40,13 @@ STRICT_MAX_POSITION = 2**24
 
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}
 SMALLEST_SUBNORMAL = {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149, "float64": 5e-324}
+# |exact| from which round-to-nearest gives an infinity: the largest finite value plus half its ulp.
+OVERFLOW_THRESHOLD = {
+    "float16": 65520.0,
+    "bfloat16": (2.0 - 2.0**-8) * 2.0**127,
+    "float32": (2.0 - 2.0**-24) * 2.0**127,
+    "float64": float("inf"),
+}
 # 4 x the smallest normal of the computation dtype (float32: 2**-126, float64: 2**-1022), at least
 # the smallest subnormal of the output dtype: a flush-to-zero implementation stays within it.
 ABSOLUTE_TERM = {"float16": 2.0**-24, "bfloat16": 2.0**-124, "float32": 2.0**-124, "float64": 2.0**-1020}
@@ -108,8 +115,10 @@ def error_map(
 ) -> ErrorMap:
     """Compare outputs (NumPy, same shape as inputs) of apply_p_rope with the exact result, pair by pair.
 
-    Equal values (infinities included) and NaN where the exact value is NaN count as no error; a NaN
-    output where the exact value is a number counts as an infinite error.
+    Special values (SPEC.md, "Special values"): where the exact value is non-finite (a NaN or infinite
+    input in the pair, a non-finite position) any non-finite output is right; where the exact value
+    overflows the output dtype, the infinity of its sign is right. Otherwise a non-finite output is an
+    infinite error.
     """
     positions = np.asarray(positions)
     pairs = P.resolve_rotated_pairs(head_dim, rope_percentage, rotated_pairs)
@@ -127,11 +136,16 @@ def error_map(
     out64 = outputs.astype(np.float64)
     x64 = inputs.astype(np.float64)
 
+    overflow = OVERFLOW_THRESHOLD[np.dtype(inputs.dtype).name]
+
     def lane_error(lanes: np.ndarray) -> np.ndarray:
         o, y = out64[..., lanes], exact[..., lanes]
         with np.errstate(invalid="ignore"):
             e = np.abs(o - y)
-        e = np.where((o == y) | (np.isnan(o) & np.isnan(y)), 0.0, e)
+            right = (
+                (o == y) | (~np.isfinite(o) & ~np.isfinite(y)) | ((np.abs(y) >= overflow) & (o == np.sign(y) * np.inf))
+            )
+        e = np.where(right, 0.0, e)
         return np.where(np.isnan(e), np.inf, e)
 
     err = np.maximum(lane_error(first), lane_error(second))

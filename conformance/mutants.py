@@ -1,0 +1,235 @@
+"""Deliberately broken p-RoPE implementations: the suite must reject every one (its self-test).
+
+Each mutant is the same small float64 NumPy implementation of SPEC.md with one bug switched on:
+every bug class of the field notes (bugs other projects shipped, each silent: valid shapes, no
+error) plus a few classic slips. ``MUTANTS`` lists them with the verdict the suite must reach:
+
+* ``"reject"``: not conformant (some case fails the conformant level);
+* ``"conformant"``: accepted at the conformant level and rejected at the strict level, for the
+  dtypes listed (the bug is within the conformant tolerance there; see each entry's note).
+
+Each mutant is also a module attribute, so that the command line can check it:
+``p-rope-conformance check --impl p_rope.conformance.mutants:compact_pairing``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+TABLE_LENGTH = 4096  # the precomputed table of the "table_unrotated" mutant
+
+
+def _bfloat16() -> Any:
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
+def broken_p_rope(
+    inputs: np.ndarray,
+    positions: Any,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    pairing: str = "split_half",
+    seq_axis: int = -3,
+    bug: str = "",
+) -> np.ndarray:
+    """SPEC.md's p-RoPE in float64 NumPy (rounded once to the input dtype), with ``bug`` switched on."""
+    x = inputs
+    H = head_dim
+    R = rotated_pairs if rotated_pairs is not None else int(rope_percentage * H // 2)
+    if bug == "width_clamp":  # "at least one rotated pair": p = 0 or a tiny p rotates anyway
+        R = max(R, 1)
+    if bug == "head_dim_limit" and H > 256:  # flash-attn's rotary kernel
+        raise ValueError("head_dim must be <= 256")
+    pos = np.asarray(positions)
+    if bug == "bf16_positions":
+        pos = pos.astype(_bfloat16())
+    pos = pos.astype(np.float64)
+    if bug == "positions_off_by_one":
+        pos = pos + 1
+    length, batch = x.shape[seq_axis], x.shape[:-3]
+    pos = np.broadcast_to(pos, (*batch, length))
+    if bug == "kv_offsets_ignored":  # positions taken as 0 .. L-1 whatever the cache offset
+        pos = np.broadcast_to(np.arange(length, dtype=np.float64), pos.shape)
+    if bug == "row_offsets_lost":  # every batch row gets the first row's positions
+        pos = np.broadcast_to(pos.reshape(-1, length)[0], pos.shape)
+
+    i = np.arange(R, dtype=np.float64)
+    denominator = 2 * R if bug in ("neox_denominator", "one_head_dim") else H
+    exponent = 2 * (i + 1) / denominator if bug == "wrong_exponent" else 2 * i / denominator
+    freq = float(max_wavelength) ** -exponent
+    if bug != "scale_dropped":
+        freq = freq / scale_factor
+    if bug == "inv_freq_tiled" and R:  # a vector of R frequencies read as H/2: every pair rotates
+        freq, R = np.resize(freq, H // 2), H // 2
+    angle = pos[..., None] * freq  # [B..., L, R]
+    if bug == "table_unrotated":  # cos = 1, sin = 0 outside a precomputed table, as flash-attn loads
+        angle = np.where((pos[..., None] >= 0) & (pos[..., None] < TABLE_LENGTH), angle, 0.0)
+    if bug == "fp16_angles":
+        angle = angle.astype(np.float16).astype(np.float64)
+    cos, sin = np.cos(angle), np.sin(angle)
+    if bug == "bf16_cos_sin":
+        cos, sin = (t.astype(_bfloat16()).astype(np.float64) for t in (cos, sin))
+    if bug == "reversed_rotation":
+        sin = -sin
+    heads_axis_first = (seq_axis == -3) == (bug != "heads_as_sequence")
+    cos, sin = (np.expand_dims(t, -2 if heads_axis_first else -3) for t in (cos, sin))
+
+    interleaved = (pairing == "interleaved") != (bug == "interleaved_for_split")
+    k = np.arange(R)
+    if bug in ("compact_pairing", "one_head_dim"):  # pairs (i, i + R) inside the first 2R lanes
+        first, second = k, k + R
+    elif interleaved:
+        first, second = 2 * k, 2 * k + 1
+    else:
+        first, second = k, k + H // 2
+    x64 = x.astype(np.float64)
+    out = x64.copy() if bug == "widened_output" else x.copy()
+    x1, x2 = x64[..., first], x64[..., second]
+    out[..., first] = x1 * cos - x2 * sin
+    out[..., second] = x2 * cos + x1 * sin
+    if bug == "nope_lanes_computed":  # the paper's x * 1 - y * 0 over the NoPE lanes
+        nope = np.arange(R, H // 2)
+        a, b = (nope, nope + H // 2) if not interleaved else (2 * nope, 2 * nope + 1)
+        with np.errstate(invalid="ignore"):
+            out[..., a] = (x[..., a] * x.dtype.type(1) - x[..., b] * x.dtype.type(0)).astype(x.dtype)
+            out[..., b] = (x[..., b] * x.dtype.type(1) + x[..., a] * x.dtype.type(0)).astype(x.dtype)
+    if bug == "overwrites_input":
+        inputs[...] = out
+        return inputs
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    name: str
+    bug_class: str  # what was shipped (field notes) or the classic slip
+    verdict: str  # "reject" or "conformant" (then rejected at strict)
+    conformant_dtypes: tuple[str, ...] = ()  # where a "reject" mutant still meets the conformant level
+    note: str = ""
+
+    @property
+    def function(self) -> Callable[..., np.ndarray]:
+        return globals()[self.name]  # type: ignore[no-any-return]
+
+    @property
+    def impl(self) -> str:
+        return f"p_rope.conformance.mutants:{self.name}"
+
+
+MUTANTS = (
+    Mutant("compact_pairing", "pairing i with i + R/2 inside a compact rotated slice", "reject"),
+    Mutant("inv_freq_tiled", "inv_freq built with the wrong length (R read as H/2): lanes mispaired", "reject"),
+    Mutant("one_head_dim", "one head_dim argument (2R) driving both the exponent and the split", "reject"),
+    Mutant(
+        "neox_denominator", "exponent denominator = rotary_dim (NeoX style, keeps the lowest frequencies)", "reject"
+    ),
+    Mutant("width_clamp", "rotated width clamped to at least 2 dims (p = 0 or tiny p rotates)", "reject"),
+    Mutant("bf16_positions", "positions held in bfloat16 (15962 becomes 15936)", "reject"),
+    Mutant("fp16_angles", "angles held in float16", "reject"),
+    Mutant(
+        "bf16_cos_sin",
+        "cos/sin cast to bfloat16 before the multiply (two roundings)",
+        "reject",
+        conformant_dtypes=("bfloat16",),
+        note="for bfloat16 outputs the HF/MaxText habit is within the conformant bound (SPEC.md section 8) "
+        "and rejected at the strict level; in every other dtype it is rejected outright",
+    ),
+    Mutant("scale_dropped", "position-interpolation scale_factor silently dropped", "reject"),
+    Mutant("table_unrotated", f"positions beyond a precomputed table ({TABLE_LENGTH}) left unrotated", "reject"),
+    Mutant("kv_offsets_ignored", "KV-cache offsets ignored (positions taken as 0 .. L-1)", "reject"),
+    Mutant("row_offsets_lost", "per-row offsets lost (every row gets row 0's positions)", "reject"),
+    Mutant("reversed_rotation", "rotation by -angle (sin sign flipped)", "reject"),
+    Mutant("wrong_exponent", "exponent off by one pair: w ** (-2 (i + 1) / H)", "reject"),
+    Mutant("positions_off_by_one", "positions off by one", "reject"),
+    Mutant(
+        "widened_output",
+        "output returned in the computation dtype (float64) instead of the input dtype",
+        "reject",
+        conformant_dtypes=("float64",),
+        note="float64 inputs have nothing wider to widen to",
+    ),
+    Mutant("overwrites_input", "the input array written over with the result", "reject"),
+    Mutant("heads_as_sequence", "the heads axis read as the sequence axis", "reject"),
+    Mutant("interleaved_for_split", "interleaved pairs (2i, 2i+1) where split-half was asked (and back)", "reject"),
+    Mutant("head_dim_limit", "head_dim > 256 refused (flash-attn's limit; Gemma 4 global layers use 512)", "reject"),
+    Mutant(
+        "nope_lanes_computed",
+        "NoPE lanes computed as x * 1 - y * 0 (the published code's way)",
+        "conformant",
+        conformant_dtypes=("float16", "bfloat16", "float32", "float64"),
+        note="exact on finite values, but -0.0 becomes +0.0 and inf becomes NaN in NoPE lanes: "
+        "SPEC.md section 6 forbids it, graded at the strict level (cases.SPECIAL_VALUES_LEVELS)",
+    ),
+)
+
+
+def correct_p_rope(
+    inputs: np.ndarray,
+    positions: Any,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    rotated_pairs: int | None = None,
+    scale_factor: float = 1.0,
+    pairing: str = "split_half",
+    seq_axis: int = -3,
+) -> np.ndarray:
+    """The mutants' common code with no bug: the control (the suite must grade it strict)."""
+    return broken_p_rope(
+        inputs,
+        positions,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs=rotated_pairs,
+        scale_factor=scale_factor,
+        pairing=pairing,
+        seq_axis=seq_axis,
+    )
+
+
+def _make(bug: str) -> Callable[..., np.ndarray]:
+    def mutant(
+        inputs: np.ndarray,
+        positions: Any,
+        head_dim: int,
+        max_wavelength: float = 10_000,
+        rope_percentage: float = 1.0,
+        *,
+        rotated_pairs: int | None = None,
+        scale_factor: float = 1.0,
+        pairing: str = "split_half",
+        seq_axis: int = -3,
+    ) -> np.ndarray:
+        return broken_p_rope(
+            inputs,
+            positions,
+            head_dim,
+            max_wavelength,
+            rope_percentage,
+            rotated_pairs=rotated_pairs,
+            scale_factor=scale_factor,
+            pairing=pairing,
+            seq_axis=seq_axis,
+            bug=bug,
+        )
+
+    mutant.__name__ = mutant.__qualname__ = bug
+    mutant.__doc__ = f"p-RoPE with the bug {bug!r} (see MUTANTS)."
+    return mutant
+
+
+for _m in MUTANTS:
+    globals()[_m.name] = _make(_m.name)
+del _m
