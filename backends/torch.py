@@ -87,7 +87,16 @@ _TORCH_DTYPE_NAMES = {
     torch.float32: "float32",
     torch.float64: "float64",
 }
-_TORCH_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_TORCH_INTEGER_DTYPES = (
+    torch.uint8,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+)
 
 
 def _torch_dtype_name(dtype: torch.dtype) -> str:
@@ -95,10 +104,17 @@ def _torch_dtype_name(dtype: torch.dtype) -> str:
     return name if name is not None else str(dtype).removeprefix("torch.")
 
 
+def _is_array(value: object) -> bool:
+    return isinstance(value, torch.Tensor) or (hasattr(value, "shape") and hasattr(value, "dtype"))
+
+
 def _check_tensor(value: object, argument: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{argument} must be a torch.Tensor; got {type(value).__name__}")
-    return value
+    """value itself if a tensor; SPEC.md's "not an array" error otherwise (naming torch.Tensor when
+    value is an array of another library)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    expected = "a torch.Tensor" if _is_array(value) else "an array"
+    raise TypeError(f"{argument} must be {expected}; got {type(value).__name__}")
 
 
 def _check_torch_inputs(value: object, head_dim: int, argument: str = "inputs") -> torch.Tensor:
@@ -118,11 +134,16 @@ def _params(
 
 
 def _positions_on(positions: object, device: torch.device | None) -> torch.Tensor:
-    """positions as a tensor on device (None: where it is), with its dtype checked."""
+    """positions as a tensor on device (None: where it is), with its dtype checked (SPEC.md §4).
+
+    A Python scalar or sequence becomes a tensor (floats as float64, the reference's precision,
+    except on MPS, which has no float64); another library's array keeps its dtype.
+    """
     if not isinstance(positions, torch.Tensor):
         tensor = torch.as_tensor(positions)
-        if tensor.is_floating_point() and not hasattr(positions, "dtype"):
-            tensor = torch.as_tensor(positions, dtype=torch.float64)  # Python floats are float64
+        if tensor.is_floating_point() and not _is_array(positions):
+            wide = device is None or device.type != "mps"
+            tensor = torch.as_tensor(positions, dtype=torch.float64 if wide else torch.float32)
         positions = tensor
     dtype = positions.dtype
     name = _torch_dtype_name(dtype)
@@ -488,6 +509,8 @@ def p_rope_tables(
     dtype: torch.dtype | None = None,
 ) -> RopeTables:
     """cos/sin tables positions.shape + (R,) on positions' device; dtype None: float32 (exact)."""
+    if not _is_array(positions):
+        raise TypeError(f"positions must be an array; got {type(positions).__name__}")
     positions_ = _positions_on(positions, None)
     params = _params(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
     return _tables(positions_, params, _table_dtype(dtype))
