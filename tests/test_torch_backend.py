@@ -304,7 +304,12 @@ def test_qk_dtypes_and_float64_inputs(device: torch.device) -> None:
 def test_qk_one_table_build(monkeypatch: pytest.MonkeyPatch) -> None:
     builds = []
     build = pt._tables
-    monkeypatch.setattr(pt, "_tables", lambda *args: builds.append(args) or build(*args))
+
+    def counted(*args: Any) -> Any:
+        builds.append(args)
+        return build(*args)
+
+    monkeypatch.setattr(pt, "_tables", counted)
     rng = np.random.default_rng(1)
     q, k = normal(rng, (1, 4, 8, 10, 512), "float32"), normal(rng, (1, 4, 2, 10, 512), "float32")
     positions = integer_positions(rng, (4, 10))
@@ -514,7 +519,12 @@ def test_backward_saves_only_the_tables() -> None:
     x = torch.randn(1, 4, 2, 16, requires_grad=True)
     positions = torch.arange(4)
     saved: list[tuple[int, ...]] = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = pt.apply_p_rope(x, positions, 16, rope_percentage=0.5)
     assert saved == [(4, 4), (4, 4)]  # cos and sin, [L, R]
     out.sum().backward()
@@ -647,7 +657,7 @@ def test_compile_inductor() -> None:
 # errors: the reference's types and messages, before any work
 
 
-ERROR_CASES = [
+ERROR_CASES: list[tuple[str, dict[str, Any]]] = [
     ("head_dim-type", dict(head_dim=4.0)),
     ("head_dim-odd", dict(head_dim=5)),
     ("head_dim-zero", dict(head_dim=0)),
@@ -716,7 +726,7 @@ def test_other_errors() -> None:
         with pytest.raises(TypeError, match=r"^dtype must be float32 or float64; got float16$"):
             fn(*args, dtype=torch.float16)
     tables = pt.p_rope_tables(torch.arange(3), 4)
-    cases = [
+    cases: list[tuple[dict[str, Any], type[Exception], str]] = [
         (dict(tables={"cos": 1}), TypeError, r"^tables must be a RopeTables\(cos, sin\); got dict$"),
         (dict(tables=(tables.cos, tables.sin[:, :1])), ValueError, r"^tables.cos and tables.sin must have the same"),
         (dict(tables=(torch.zeros(3, 3), torch.zeros(3, 3))), ValueError, r"^tables must have shape \[..., L, R\]"),
