@@ -284,12 +284,29 @@ def _fixed_point_tables(positions: jax.Array, head_dim: int, max_wavelength: flo
     return RopeTables(cos, sin)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
+def _build_tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
     head_dim, w, pairs, scale, dtype = spec
     if dtype == "float64":
         return float64_tables(jnp, positions, head_dim, w, pairs, scale)
     return _fixed_point_tables(positions, head_dim, w, pairs, scale)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
+    """The [..., L, R] tables, built once per call.
+
+    XLA:CPU fuses every elementwise producer into its consumers, so the table arithmetic would be
+    redone for each head and lane of the rotation (twice the cost of the whole op at p = 1). A
+    conditional is a fusion boundary: on CPU the tables are built inside one (both branches
+    alike, the predicate only has to be unknown to the compiler). Other platforms build them
+    directly, as a device-side conditional would cost a host round trip on GPU.
+    """
+    build = functools.partial(_build_tables, spec=spec)
+
+    def on_cpu(p: jax.Array) -> RopeTables:
+        return lax.cond(jnp.any(p != 0), build, build, p)
+
+    return lax.platform_dependent(positions, cpu=on_cpu, default=build)
 
 
 @_tables.defjvp
