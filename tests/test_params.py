@@ -80,6 +80,12 @@ def test_r_common_sizes() -> None:
     assert p_rope.rotated_pair_count(8, 0) == 0 and p_rope.rotated_pair_count(8, 1) == 4
 
 
+def test_rope_percentage_is_binary64() -> None:
+    assert float(np.float32(0.58)) == 0.5799999833106995 != 0.58
+    assert P.check_rope_percentage(np.float32(0.58)) == 0.5799999833106995
+    assert P.check_rope_percentage(Fraction(58, 100)) == 0.58
+
+
 def test_rotated_pairs_alternative() -> None:
     # p = 0.58, H = 100: the published formula gives 28 pairs; rotated_pairs=29 asks for the exact count.
     assert np.count_nonzero(p_rope.frequencies(100, 10_000, 0.58)) == 28
@@ -289,7 +295,7 @@ def test_check_order() -> None:
     """With several invalid arguments, the first in SPEC.md's order is reported (rows 1 to 9)."""
     x = np.zeros((2, 4, 1, 4), np.float32)
     valid = dict(inputs=x, positions=np.arange(4), head_dim=4, max_wavelength=10_000, rope_percentage=1.0)
-    broken = [
+    broken: list[tuple[str, dict[str, object]]] = [
         ("head_dim-odd", dict(head_dim=5)),
         ("inputs-dtype", dict(inputs=x.astype(np.int32))),
         ("rope_percentage-range", dict(rope_percentage=1.5)),
@@ -301,7 +307,7 @@ def test_check_order() -> None:
         ("positions-shape", dict(positions=np.arange(3))),
     ]
     for start in range(len(broken)):
-        kwargs = dict(valid)
+        kwargs: dict[str, object] = dict(valid)
         for _, change in reversed(broken[start:]):  # an earlier row wins where two change one argument
             kwargs.update(change)
         ident = broken[start][0]

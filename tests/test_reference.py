@@ -66,7 +66,7 @@ wavelengths = st.sampled_from([2.0, 100.0, 10_000.0, 500_000.0, 1_000_000.0, 1e7
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_gemma_published_values(dtype: type) -> None:
     """google-deepmind/gemma's test: ones [2, 1, 2, 4], positions [[1], [0]], base 100."""
-    x = np.ones((2, 1, 2, 4), dtype)
+    x: np.ndarray = np.ones((2, 1, 2, 4), dtype)
     positions = np.array([[1], [0]])
     full = p_rope.apply_p_rope(x, positions, 4, 100)
     half = p_rope.apply_p_rope(x, positions, 4, 100, 0.5)
@@ -363,7 +363,10 @@ def nearest_bfloat16(values: np.ndarray) -> np.ndarray:
         below = np.nextafter(guess, np.array(-np.inf, BF16))
         above = np.nextafter(guess, np.array(np.inf, BF16))
         candidates = [c for c in (below, guess, above) if np.isfinite(c)]
-        best = min(candidates, key=lambda c: (abs(Fraction(float(c)) - Fraction(v)), int(np.array(c, BF16).view(np.uint16)) & 1))
+        best = min(
+            candidates,
+            key=lambda c: (abs(Fraction(float(c)) - Fraction(v)), int(np.array(c, BF16).view(np.uint16)) & 1),
+        )
         out.append(best)
     return np.array(out, BF16).reshape(values.shape)
 
@@ -393,6 +396,8 @@ def test_bfloat16_double_rounding_avoided() -> None:
     expected = ((c32.view(np.uint32) >> 16) + away).astype(np.uint16)  # the bfloat16 bits of RN(cos m)
     naive = c.astype(BF16).view(np.uint16)
     assert len(m) >= 5 and np.any(naive != expected)  # the trap exists in this range
+    one = np.array([1 + 2**-8 + 2**-30])  # SPEC.md's example
+    assert float(one.astype(BF16)[0]) == 1.0 and float(p_rope.reference._round_once(one, BF16)[0]) == 1 + 2**-7
 
     x = np.zeros((1, len(m), 1, 2), BF16)
     x[..., 0] = 1  # pair (1, 0) at angle m: y = (cos m, sin m)
@@ -409,6 +414,15 @@ def test_position_dtypes_agree() -> None:
     assert_same_bits(p_rope.apply_p_rope(x, pos.tolist(), 8), expected)  # array-likes too
 
 
+def test_16bit_positions_lose_integers() -> None:
+    """Why 16-bit positions are rejected: float16 holds integers exactly to 2048, bfloat16 to 256."""
+    for dtype, last in [(np.dtype(np.float16), 2048), (BF16, 256)]:
+        exact = np.arange(last + 1)
+        assert np.array_equal(exact.astype(dtype).astype(np.int64), exact)
+        assert int(np.array(last + 1).astype(dtype).astype(np.int64)) != last + 1
+    assert float(np.array(15962).astype(BF16)) == 15936
+
+
 def test_positions_broadcast() -> None:
     x = random_inputs(1, (3, 4, 2, 8))
     shared = np.array([7, 8, 9, 10])
@@ -416,6 +430,11 @@ def test_positions_broadcast() -> None:
     assert_same_bits(p_rope.apply_p_rope(x, np.int64(5), 8), p_rope.apply_p_rope(x, np.full((3, 4), 5), 8))
     per_row = np.array([[3], [40], [500]])  # one position per row, e.g. decoding with per-row offsets
     assert_same_bits(p_rope.apply_p_rope(x, per_row, 8), p_rope.apply_p_rope(x, np.repeat(per_row, 4, 1), 8))
+    decode = random_inputs(1, (3, 1, 2, 8))
+    rows = [p_rope.apply_p_rope(decode[b : b + 1], per_row[b : b + 1], 8) for b in range(3)]
+    assert_same_bits(p_rope.apply_p_rope(decode, per_row, 8), np.concatenate(rows))
+    with pytest.raises(ValueError, match=r"^positions of shape \(3,\) do not broadcast to \(3, 1\)"):
+        p_rope.apply_p_rope(decode, per_row[:, 0], 8)  # a [B] vector aligns with L, not with B
     x5 = random_inputs(1, (2, 3, 4, 2, 8))  # two batch axes
     pos = np.arange(4)[None, None] + np.array([[0], [10], [20]])[None]  # [1, 3, 4]
     assert_same_bits(p_rope.apply_p_rope(x5, pos, 8), p_rope.apply_p_rope(x5, np.broadcast_to(pos, (2, 3, 4)), 8))

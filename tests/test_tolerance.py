@@ -41,27 +41,44 @@ def test_unit_roundoffs_and_subnormals() -> None:
     assert [T.UNIT_ROUNDOFF[n] for n in ("float16", "float32", "float64")] == [2.0**-11, 2.0**-24, 2.0**-53]
     assert [T.SMALLEST_SUBNORMAL[n] for n in ("float16", "float32", "float64")] == [2.0**-24, 2.0**-149, 2.0**-1074]
     assert [T.compute_unit_roundoff(n) for n in ("float16", "bfloat16", "float32", "float64")] == [ULP] * 3 + [2.0**-53]
+    # a_out: max(smallest subnormal of the output, 4 x smallest normal of the computation dtype)
+    smallest_normal = {"float32": float(np.finfo(F32).smallest_normal), "float64": float(np.finfo(F64).smallest_normal)}
+    for name in ("float16", "bfloat16", "float32", "float64"):
+        compute = "float64" if name == "float64" else "float32"
+        assert T.ABSOLUTE_TERM[name] == max(T.SMALLEST_SUBNORMAL[name], 4 * smallest_normal[compute])
+    assert T.ABSOLUTE_TERM == {"float16": 2.0**-24, "bfloat16": 2.0**-124, "float32": 2.0**-124, "float64": 2.0**-1020}
 
 
 def test_bound_hand_computed() -> None:
-    one = np.array(1.0)
+    one, zero = np.array(1.0), np.array(0.0)
+    # nx = 0: only the absolute term a_out, at both levels
+    for name, a_out in [
+        ("float16", 2.0**-24),
+        ("bfloat16", 2.0**-124),
+        ("float32", 2.0**-124),
+        ("float64", 2.0**-1020),
+    ]:
+        for level in T.LEVELS:
+            assert T.bound(level, name, zero, 5 * one) == a_out
     # conformant, float32, nx = 2, theta = 3: 2 (4 u + 4 u (1 + 3)) = 40 u
-    assert T.bound("conformant", "float32", 2 * one, 3 * one) == 40 * ULP + 2.0**-149
-    # strict, float32, nx = 2: 2 (u + 8 u) = 18 u, whatever theta
-    assert T.bound("strict", "float32", 2 * one, 1e9 * one) == 18 * ULP + 2.0**-149
+    assert T.bound("conformant", "float32", 2 * one, 3 * one) == 40 * ULP + 2.0**-124
+    # ... with lam = 3: 2 (4 u + 4 u (1 + 3 * 4)) = 112 u
+    assert T.bound("conformant", "float32", 2 * one, 3 * one, 3.0) == 112 * ULP + 2.0**-124
+    # strict, float32, nx = 2: 2 (u + 8 u) = 18 u, whatever theta and lam
+    assert T.bound("strict", "float32", 2 * one, 1e9 * one, 20.0) == 18 * ULP + 2.0**-124
     # bfloat16, nx = 1, theta = 0: conformant 4 * 2**-8 + 4 u; strict 2**-8 + 8 u
-    assert T.bound("conformant", "bfloat16", one, 0 * one) == 2.0**-6 + 4 * ULP + 2.0**-133
-    assert T.bound("strict", "bfloat16", one, 0 * one) == 2.0**-8 + 2.0**-21 + 2.0**-133
+    assert T.bound("conformant", "bfloat16", one, zero) == 2.0**-6 + 4 * ULP + 2.0**-124
+    assert T.bound("strict", "bfloat16", one, zero) == 2.0**-8 + 2.0**-21 + 2.0**-124
     # float16, nx = 0.5: strict 0.5 (2**-11 + 2**-21) + 2**-24
     assert T.bound("strict", "float16", 0.5 * one, 7 * one) == 2.0**-12 + 2.0**-22 + 2.0**-24
     # float64: u_c = 2**-53; strict is conformant
-    expected = 4 * 2.0**-53 + 4 * 2.0**-53 * (1 + 2.0**20) + 5e-324
-    assert T.bound("conformant", "float64", one, 2.0**20 * one) == expected
-    assert T.bound("strict", "float64", one, 2.0**20 * one) == expected
+    expected = 4 * 2.0**-53 + 4 * 2.0**-53 * (1 + 2.0**20 * 1.5) + 2.0**-1020
+    assert T.bound("conformant", "float64", one, 2.0**20 * one, 0.5) == expected
+    assert T.bound("strict", "float64", one, 2.0**20 * one, 0.5) == expected
     # vectorised, and beyond theta = 2**22 the conformant bound exceeds nx for 32-bit outputs
     nx, theta = np.array([1.0, 2.0, 4.0]), np.array([0.0, 2.0**22, 2.0**23])
     got = T.bound("conformant", "float32", nx, theta)
-    np.testing.assert_array_equal(got, nx * (4 * ULP + 4 * ULP * (1 + theta)) + 2.0**-149)
+    np.testing.assert_array_equal(got, nx * (4 * ULP + 4 * ULP * (1 + theta)) + 2.0**-124)
     assert got[1] > nx[1] and got[2] > nx[2]
     with pytest.raises(ValueError, match=r"^level must be one of \('conformant', 'strict'\); got 'exact'$"):
         T.bound("exact", "float32", one, one)
@@ -83,7 +100,7 @@ def test_grade_catches_wrong_outputs() -> None:
     # One element off by 1.5 and by 0.5 times its bound: pair 0 (lanes 0 and 8) has frequency 1, theta = |m|.
     b, t, n = 1, 5, 2
     nx = np.hypot(x[b, t, n, 0], x[b, t, n, 8])
-    allowed = nx * (4 * 2.0**-53 + 4 * 2.0**-53 * (1 + abs(pos[b, t]))) + 5e-324
+    allowed = nx * (4 * 2.0**-53 + 4 * 2.0**-53 * (1 + abs(pos[b, t]))) + 2.0**-1020  # lam_0 = 0
     for factor, fails in [(1.5, True), (0.5, False)]:
         wrong = right.copy()
         wrong[b, t, n, 8] += factor * allowed
@@ -114,6 +131,21 @@ def test_grade_catches_wrong_outputs() -> None:
     flipped[0, 0, 0, 5] = 0.0
     graded = T.grade(flipped, x, pos, h, w, p)
     assert graded.ratio["conformant"] == 0.0 and not graded.nope_identical
+
+
+def test_grade_special_values() -> None:
+    """Non-finite exact values want non-finite outputs; an overflowing exact value wants its infinity."""
+    x = np.array([[np.inf, 1.0], [1.0, np.nan], [60000.0, 60000.0], [1.0, 2.0]], np.float16).reshape(1, 1, 4, 2)
+    pos = np.array([[np.pi / 4]])  # angle pi/4: the third pair's second output is 84853, beyond float16
+    right = p_rope.apply_p_rope(x, pos, 2)
+    assert np.isinf(right[0, 0, 2, 1]) and not np.isfinite(right[0, 0, :2].astype(np.float64)).any()
+    assert max(T.grade(right, x, pos, 2).ratio.values()) <= 0.5
+    for index, value in [((0, 0, 0, 0), 1.0), ((0, 0, 1, 1), 0.0), ((0, 0, 2, 1), 65504.0), ((0, 0, 3, 0), np.inf)]:
+        wrong = right.copy()
+        wrong[index] = value  # a number where the exact value is non-finite or overflows; inf where it is 0.7
+        assert T.grade(wrong, x, pos, 2).ratio["conformant"] > 1, index
+    nan_position = np.array([[np.nan]])
+    assert T.grade(p_rope.apply_p_rope(x, nan_position, 2), x, nan_position, 2).ratio["conformant"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,21 +186,40 @@ def paper_p_rope(
 
 
 WINDOWS = [(0, 8192), (10**5, 10**5 + 4096), (10**6, 10**6 + 4096), (2**24 - 4096, 2**24 + 1)]
+PAPER_CONFIGS = [(128, 10_000.0), (1000, 1e6), (200, 1e7), (96, 1e6)]
 
 
-def graded_paper(dtype: np.dtype, window: tuple[int, int], seed: int = 0, **kwargs) -> T.Grade:
+def graded_paper(
+    dtype: np.dtype, window: tuple[int, int], head_dim: int = 128, w: float = 10_000.0, seed: int = 0, **kwargs
+) -> T.Grade:
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((1, 1024, 2, 128)).astype(dtype)
-    pos = rng.integers(*window, (1, 1024))
-    return T.grade(paper_p_rope(x, pos, 128, **kwargs), x, pos, 128)
+    x = rng.standard_normal((1, 512, 2, head_dim)).astype(dtype)
+    pos = rng.integers(*window, (1, 512))
+    return T.grade(paper_p_rope(x, pos, head_dim, w, **kwargs), x, pos, head_dim, w)
 
 
+@pytest.mark.parametrize(("head_dim", "w"), PAPER_CONFIGS, ids=[f"H{h}-w{w:g}" for h, w in PAPER_CONFIGS])
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=["float32", "bfloat16", "float16"])
-def test_paper_code_is_conformant(dtype: np.dtype) -> None:
+def test_paper_code_is_conformant(dtype: np.dtype, head_dim: int, w: float) -> None:
     for window in WINDOWS:
-        graded = graded_paper(dtype, window)
+        graded = graded_paper(dtype, window, head_dim, w)
         assert graded.ratio["conformant"] <= 0.5, (window, graded.ratio)
         assert graded.nope_identical
+
+
+def test_conformant_needs_the_log_timescale_term() -> None:
+    """H = 1000 makes the exponent 2i/H inexact in float32: the lam term is what admits the paper's code."""
+    rng = np.random.default_rng(3)
+    h, w = 1000, 1e6
+    x = rng.standard_normal((1, 512, 2, h)).astype(np.float32)
+    pos = rng.integers(10**6, 10**6 + 4096, (1, 512))
+    emap = T.error_map(paper_p_rope(x, pos, h, w), x, pos, h, w)
+    assert emap.ratio["conformant"].max() <= 0.5
+    theta = pos[..., None, None] * p_rope.frequencies(h, w)
+    x64 = x.astype(np.float64)
+    nx = np.hypot(x64[..., : h // 2], x64[..., h // 2 :])
+    without_lam = T.bound("conformant", "float32", nx, theta)
+    assert (emap.error / without_lam).max() > 1.5
 
 
 def test_paper_code_fails_strict() -> None:
@@ -221,13 +272,13 @@ CONFIG_IDS = [f"H{h}-w{w:g}-s{s:g}" for h, w, s in CONFIGS]
 def positions_of(kind: str, seed: int, count: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if kind == "int":
-        pos = rng.integers(-(2**24), 2**24 + 1, count)
-        pos[:3] = [2**24, -(2**24), 0]
-        return pos
-    pos = rng.uniform(-(2**24), 2**24, count)
-    pos[: count // 4] = rng.uniform(-5000, 5000, count // 4)
-    pos[:3] = [2**24, -(2**24), 0.0]
-    return np.abs(pos).astype(np.float32) if kind == "float32" else pos
+        whole = rng.integers(-(2**24), 2**24 + 1, count)
+        whole[:3] = [2**24, -(2**24), 0]
+        return whole
+    real = rng.uniform(-(2**24), 2**24, count)
+    real[: count // 4] = rng.uniform(-5000, 5000, count // 4)
+    real[:3] = [2**24, -(2**24), 0.0]
+    return np.abs(real).astype(np.float32) if kind == "float32" else real
 
 
 @pytest.mark.parametrize("kind", ["int", "float32", "float64"])
