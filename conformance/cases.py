@@ -123,11 +123,12 @@ class Case:
 
     def describe(self) -> str:
         p = f"rotated_pairs={self.rotated_pairs}" if self.rotated_pairs is not None else f"p={self.rope_percentage}"
+        spec = self.positions
+        where = f"{spec.values}" if spec.kind == "values" else f"[{spec.low:g}..{spec.high:g}]"
         text = (
             f"{self.op} {self.dtype} shape={self.shape} H={self.head_dim} {p} (R={self.pairs}) "
             f"w={self.max_wavelength:g} scale_factor={self.scale_factor:g} pairing={self.pairing} "
-            f"seq_axis={self.seq_axis} positions={self.positions.kind}:{self.positions.dtype}"
-            f"[{self.positions.low:g}..{self.positions.high:g}]"
+            f"seq_axis={self.seq_axis} positions={spec.kind}:{spec.dtype}{where} ({spec.form} shape)"
         )
         return text + (f" special={self.special}" if self.special else "")
 
@@ -185,7 +186,8 @@ def make_positions(rng: np.random.Generator, case: Case) -> np.ndarray:
     if spec.kind == "offsets":
         top = max(int(spec.high) - length + 2, int(spec.low) + 1)  # the last position <= high
         offsets = rng.integers(int(spec.low), top, size=(rows, 1))
-        offsets[0, 0] = int(spec.low)  # the first row starts at the lowest position (a prefill)
+        if rows > 1:
+            offsets[0, 0] = int(spec.low)  # the first row starts at the lowest position (a prefill)
         values: np.ndarray = offsets + np.arange(length)
     elif spec.kind == "random":
         values = rng.integers(int(spec.low), int(spec.high), size=(rows, length), endpoint=True)

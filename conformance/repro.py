@@ -142,7 +142,7 @@ if out.shape == x.shape:
     {range_line}
     print("worst error / bound:", ratio.max() if ratio.size else 0.0)
     if ratio.size and ratio.max() > 1:
-        where = np.unravel_index(np.argmax(ratio), ratio.shape)
+        where = tuple(int(k) for k in np.unravel_index(np.argmax(ratio), ratio.shape))
         text = f"error {{err[where]:.3g}} = {{ratio[where]:.3g}} x the {level} bound"
         problems.append(f"{{text}} at index {{where}} (last: pair i)")
 print("\\n".join(problems) or "no problem")
