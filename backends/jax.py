@@ -13,11 +13,9 @@ JAX users expect:
   (``jax.jvp``, ``jax.jacfwd``) is not available through the rotation, as for any custom VJP.
 * ``jax.vmap``, sharded inputs (outputs keep the input's sharding and device), float16,
   bfloat16, float32, and float64 when ``jax_enable_x64`` is on.
-* JAX arrays are immutable, so there is no working in-place variant: ``apply_p_rope_`` checks
-  its arguments like the others, then raises TypeError (SPEC.md, "Errors"). ``apply_p_rope``
-  computes only the 2R rotated lanes and writes them into a copy of the input, so inside a
-  jitted model, where the input buffer is an intermediate (or a donated argument), XLA writes
-  just those lanes.
+* No ``apply_p_rope_``: JAX arrays are immutable (SPEC.md, "API"). ``apply_p_rope`` computes
+  only the 2R rotated lanes and writes them into a copy of the input, so inside a jitted model,
+  where the input buffer is an intermediate (or a donated argument), XLA writes just those lanes.
 
 Accuracy (SPEC.md, "Accuracy", strict level): float32 tables are exact to within a float32
 unit for integer and real positions of magnitude below 2**31, without float64. The angle is
@@ -67,7 +65,6 @@ from p_rope.backends._core import (  # vendor: inline
 __all__ = [
     "RopeTables",
     "apply_p_rope",
-    "apply_p_rope_",
     "apply_p_rope_qk",
     "apply_p_rope_tables",
     "frequencies",
@@ -544,32 +541,3 @@ def apply_p_rope_qk(
     if compute_dtype_name(k_dtype) == "float64":
         spec = (*spec[:4], "float64")
     return _apply_qk_jit(q_, k_, positions_, spec, pairing_, seq_axis_)
-
-
-def apply_p_rope_(
-    inputs: Any,
-    positions: Any,
-    head_dim: int,
-    max_wavelength: float = 10_000,
-    rope_percentage: float = 1.0,
-    *,
-    rotated_pairs: int | None = None,
-    scale_factor: float = 1.0,
-    pairing: str = "split_half",
-    seq_axis: int = -3,
-) -> jax.Array:
-    """The in-place variant cannot exist for immutable JAX arrays: checks the arguments as
-    apply_p_rope does, then raises TypeError (SPEC.md, "Errors"). Use apply_p_rope."""
-    _prepare_apply(
-        inputs,
-        positions,
-        head_dim,
-        max_wavelength,
-        rope_percentage,
-        rotated_pairs,
-        scale_factor,
-        pairing,
-        seq_axis,
-        "inputs",
-    )
-    raise TypeError("apply_p_rope_ writes into inputs, and JAX arrays are immutable; use apply_p_rope")

@@ -538,20 +538,22 @@ def test_errors_under_jit(name: str, args: tuple[Any, ...], kwargs: dict[str, An
 
 
 def test_backend_specific_errors() -> None:
+    """SPEC.md §9, backend-specific rows: non-arrays, float64 without x64; and no in-place variant."""
     x = jnp.zeros((1, 3, 2, 4))
     with pytest.raises(TypeError, match=re.escape("inputs must be an array; got list")):
         pj.apply_p_rope([[[[0.0] * 4] * 2] * 3], np.arange(3), 4)
     with pytest.raises(TypeError, match=re.escape("positions must be an array; got list")):
         pj.p_rope_tables([0, 1, 2], 4)
-    with pytest.raises(TypeError, match="jax_enable_x64"):
+    message = "is float64, which JAX holds only with jax_enable_x64 on; got dtype float64"
+    with pytest.raises(TypeError, match=re.escape("inputs " + message)):
         pj.apply_p_rope(np.zeros((1, 3, 2, 4)), np.arange(3), 4)  # float64 NumPy inputs, x64 off
+    with pytest.raises(TypeError, match=re.escape("k " + message)):
+        pj.apply_p_rope_qk(x, np.zeros((1, 3, 2, 4)), np.arange(3), 4)
     with pytest.raises(TypeError, match="jax_enable_x64"):
         pj.p_rope_tables(jnp.arange(3), 4, dtype=np.float64)
-    message = "apply_p_rope_ writes into inputs, and JAX arrays are immutable; use apply_p_rope"
-    with pytest.raises(TypeError, match=re.escape(message)):
-        pj.apply_p_rope_(x, jnp.arange(3), 4)
-    with pytest.raises(ValueError, match="head_dim must be a positive even integer"):
-        pj.apply_p_rope_(x, jnp.arange(3), 3)  # the argument checks come first
+    with pytest.raises(TypeError, match="jax_enable_x64"):
+        pj.frequencies(4, dtype=np.float64)
+    assert not hasattr(pj, "apply_p_rope_")  # JAX arrays are immutable (SPEC.md §5)
     with jax.enable_x64(True):
         x64 = jnp.zeros((1, 3, 2, 4), jnp.float64)
         tables = pj.p_rope_tables(jnp.arange(3), 4)
