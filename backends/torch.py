@@ -204,26 +204,29 @@ _FRACTION_BITS = 30  # real positions: fraction held on a 2**-30 grid (angle err
 @functools.lru_cache(maxsize=256)
 def _pair_constants_cached(
     head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
     chunks = revolution_chunks(head_dim, max_wavelength, pairs, scale_factor)
     high: list[int] = []
     low: list[int] = []
+    revolutions: list[float] = []
     for i in range(pairs):
         if chunks[0][i] != 0.0:  # r_i < 1/(2 pi) always: w**(-2i/H) <= 1 and scale >= 1
             raise AssertionError("a pair turns more than once per unit position")
         fixed = sum(int(math.ldexp(row[i], _FIXED_BITS)) for row in chunks[1:])
         high.append(fixed >> _HALF_BITS)
         low.append(fixed & _HALF_MASK)
+        revolutions.append(math.ldexp(float(fixed), -_FIXED_BITS))  # correctly rounded: int -> float
     freq = tuple(frequency_values(head_dim, max_wavelength, pairs, scale_factor)[:pairs])
-    return tuple(high), tuple(low), freq
+    return tuple(high), tuple(low), tuple(revolutions), freq
 
 
 @torch.compiler.assume_constant_result
 def _pair_constants(
     head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
-    """(high, low, freq) of the R rotated pairs: revolutions per position as 60-bit fixed point
-    F = high * 2**30 + low (to 2**-60) and the float64 angular frequencies."""
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+    """(high, low, revolutions, freq) of the R rotated pairs: revolutions per unit position as
+    60-bit fixed point F = high * 2**30 + low (to 2**-60) and as float64 numbers, and the float64
+    angular frequencies."""
     return _pair_constants_cached(head_dim, max_wavelength, pairs, scale_factor)
 
 
@@ -283,14 +286,35 @@ def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torc
     return RopeTables(values[0], values[1])
 
 
+def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> RopeTables:
+    """float32 cos/sin of 2 pi frac(position * r_i) through float64 (the CPU route, where float64
+    runs at full speed): the turns p r_i carry an error below 2**-30 turn for |p| <= 2**24, the
+    reduction modulo 1 is exact, so the tables are within 0.6 float32 units; 8 operations."""
+    turns = positions.to(torch.float64)[..., None] * revolutions
+    turns = turns.sub_(torch.round(turns))  # exact; NaN for non-finite positions
+    offsets = _constant(_TURN_OFFSETS, torch.float64, turns.device).view(2, *(1,) * turns.dim())
+    values = torch.sin_((turns.unsqueeze(0) + offsets).mul_(2 * math.pi)).to(torch.float32)
+    return RopeTables(values[0], values[1])
+
+
+_TURN_OFFSETS = (0.25, 0.0)  # cos(2 pi t) = sin(2 pi (t + 1/4))
+_FLOAT64_TABLE_DEVICES = ("cpu",)  # devices whose float32 tables go through float64 (fast there)
+
+
 def _tables(positions: torch.Tensor, params: tuple[int, float, int, float], dtype: torch.dtype) -> RopeTables:
-    """cos/sin tables positions.shape + (R,) of dtype (float32: exact reduction; float64: cos/sin
-    of the float64 angle), on positions' device."""
-    high, low, freq = _pair_constants(*params)
+    """cos/sin tables positions.shape + (R,) of dtype, on positions' device.
+
+    float32: the exact reduction modulo one turn, in float64 on the CPU and in int64/float32
+    elsewhere (no float64: MPS has none, many GPUs run it slowly); float64: cos/sin of the float64
+    angle position * freq, as the array-API core computes it.
+    """
+    high, low, revolutions, freq = _pair_constants(*params)
     device = positions.device
     if dtype == torch.float64:
         angle = positions.to(torch.float64)[..., None] * _constant(freq, torch.float64, device)
         return RopeTables(torch.cos(angle), torch.sin(angle))
+    if device.type in _FLOAT64_TABLE_DEVICES:
+        return _float64_turn_tables(positions, _constant(revolutions, torch.float64, device))
     return _exact_float32_tables(positions, _constant(high, torch.int64, device), _constant(low, torch.int64, device))
 
 
@@ -304,17 +328,6 @@ def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, tor
     return x[..., first], x[..., second]
 
 
-def _copy_nope_lanes(out: torch.Tensor, x: torch.Tensor, pairs: int, pairing: str) -> None:
-    head_dim = x.shape[-1]
-    if pairing == "split_half":
-        half = head_dim // 2
-        if pairs < half:
-            out[..., pairs:half].copy_(x[..., pairs:half])
-            out[..., half + pairs :].copy_(x[..., half + pairs :])
-    elif 2 * pairs < head_dim:
-        out[..., 2 * pairs :].copy_(x[..., 2 * pairs :])
-
-
 def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
     """[B'..., L, R] -> [B'..., L, 1, R] (seq_axis=-3) or [B'..., 1, L, R] (seq_axis=-2); [R]: L = 1."""
     if table.dim() == 1:
@@ -322,12 +335,17 @@ def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
     return table.unsqueeze(-2 if seq_axis == -3 else -3)
 
 
-_CHUNK_ELEMENTS = 1 << 17  # rotated-lane elements per chunk: a chunk's output stays in cache
-_SMALL_ELEMENTS = 1 << 16  # below this, out of place starts from a full copy (fewer, larger ops)
+_CHUNK_ELEMENTS = 1 << 17  # elements touched per chunk along L: a chunk stays in cache between its ops
+_SMALL_ELEMENTS = 1 << 16  # below this, one chunk: fewer, larger operations
 
 
-def _chunks(seq_axis: int, length: int, step: int, *tensors: torch.Tensor):
-    """The tensors cut in chunks of step along the sequence axis (those of size 1 there: whole)."""
+def _chunks(seq_axis: int, elements: int, *tensors: torch.Tensor) -> Any:
+    """The tensors cut along the sequence axis in chunks of about ``elements`` elements of the first
+    one (tensors of size 1 on that axis are not cut)."""
+    first = tensors[0]
+    length = first.shape[seq_axis]
+    per_token = first.numel() // length if length else 0
+    step = max(1, elements // per_token) if per_token else length
     if step >= length:
         yield tensors
         return
@@ -336,61 +354,64 @@ def _chunks(seq_axis: int, length: int, step: int, *tensors: torch.Tensor):
         yield tuple(t if t.shape[seq_axis] == 1 else t.narrow(seq_axis, start, size) for t in tensors)
 
 
-def _rotate_lanes_eager(
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    out1: torch.Tensor,
-    out2: torch.Tensor,
-    seq_axis: int,
+def _rotate_chunk(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    s: torch.Tensor,
+    o1: torch.Tensor,
+    o2: torch.Tensor,
     direction: float,
 ) -> None:
-    """out1 = x1 cos - d x2 sin, out2 = x2 cos + d x1 sin (d = direction = +-1), in chunks along L.
-
-    cos/sin are expanded tables; out1/out2 may be x1/x2 themselves (in place). Arithmetic in the
-    tables' dtype, one rounding to the output dtype.
-    """
-    length = x1.shape[seq_axis]
-    per_token = x1.numel() // length if length else 1
-    step = max(1, _CHUNK_ELEMENTS // max(per_token, 1))
-    direct = x1.dtype == cos.dtype
-    in_place = out1.data_ptr() == x1.data_ptr()
-    for a, b, o1, o2, c, s in _chunks(seq_axis, length, step, x1, x2, out1, out2, cos, sin):
-        if direct and not in_place:
-            torch.mul(a, c, out=o1).addcmul_(b, s, value=-direction)
-            torch.mul(b, c, out=o2).addcmul_(a, s, value=direction)
-        elif direct:
-            t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
-            o2.mul_(c).addcmul_(a, s, value=direction)
-            o1.copy_(t1)
-        else:
-            t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
-            t2 = torch.mul(b, c).addcmul_(a, s, value=direction)
-            o1.copy_(t1)
-            o2.copy_(t2)
+    """o1 = a c - d b s, o2 = b c + d a s (d = direction = +-1) in the tables' dtype, rounded once to
+    the outputs' dtype. o1, o2 may be a, b themselves (in place)."""
+    if a.dtype != c.dtype:  # 16-bit (or float32 with float64 tables): compute, then round once
+        t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
+        o2.copy_(torch.mul(b, c).addcmul_(a, s, value=direction))
+        o1.copy_(t1)
+    elif o1.data_ptr() == a.data_ptr():  # in place: a is read after o2 is written
+        t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
+        o2.mul_(c).addcmul_(a, s, value=direction)
+        o1.copy_(t1)
+    else:
+        torch.mul(a, c, out=o1).addcmul_(b, s, value=-direction)
+        torch.mul(b, c, out=o2).addcmul_(a, s, value=direction)
 
 
 def _rotate(
     x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, seq_axis: int, direction: float
 ) -> torch.Tensor:
-    """A new tensor: x rotated by the tables (direction -1: the inverse rotation); NoPE lanes copied."""
+    """A new tensor: x rotated by the tables (direction -1: the inverse rotation); NoPE lanes copied.
+
+    Large inputs are processed in chunks along L: each chunk is copied whole (a plain, fast copy of
+    contiguous rows), then its rotated lanes are overwritten while both chunks are still in cache;
+    without NoPE lanes the copy is skipped.
+    """
     pairs = cos.shape[-1]
     if torch.compiler.is_compiling():  # the array-API core, which the compiler fuses
         return rotate(array_api_compat.torch, x, RopeTables(cos, sin if direction > 0 else -sin), pairing, seq_axis)
-    if pairs == 0 or x.numel() <= _SMALL_ELEMENTS:
+    if pairs == 0:
+        return x.clone()
+    c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
+    if x.numel() <= _SMALL_ELEMENTS:
         out = x.clone()
-    else:
-        out = torch.empty_like(x)
-        _copy_nope_lanes(out, x, pairs, pairing)
-    if pairs:
+        _rotate_chunk(*_lanes(x, pairs, pairing), c, s, *_lanes(out, pairs, pairing), direction)
+        return out
+    out = torch.empty_like(x)
+    if 2 * pairs == x.shape[-1]:
         x1, x2 = _lanes(x, pairs, pairing)
-        out1, out2 = _lanes(out, pairs, pairing)
-        _rotate_lanes_eager(x1, x2, _expand(cos, seq_axis), _expand(sin, seq_axis), out1, out2, seq_axis, direction)
+        o1, o2 = _lanes(out, pairs, pairing)
+        for a, b, cc, sc, p1, p2 in _chunks(seq_axis, _CHUNK_ELEMENTS // 2, x1, x2, c, s, o1, o2):
+            _rotate_chunk(a, b, cc, sc, p1, p2, direction)
+        return out
+    for xc, oc, cc, sc in _chunks(seq_axis, _CHUNK_ELEMENTS, x, out, c, s):
+        oc.copy_(xc)
+        _rotate_chunk(*_lanes(xc, pairs, pairing), cc, sc, *_lanes(oc, pairs, pairing), direction)
     return out
 
 
 def _rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, seq_axis: int) -> None:
+    """Rotate the 2R rotated lanes of x where they are, in chunks along L; NoPE lanes untouched."""
     pairs = cos.shape[-1]
     if not pairs:
         return
@@ -400,8 +421,9 @@ def _rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pair
         o1, o2 = rotate_pairs(x1.to(c.dtype), x2.to(c.dtype), c, s)
         x1.copy_(o1)
         x2.copy_(o2)
-    else:
-        _rotate_lanes_eager(x1, x2, c, s, x1, x2, seq_axis, 1.0)
+        return
+    for a, b, cc, sc in _chunks(seq_axis, _CHUNK_ELEMENTS // 2, x1, x2, c, s):
+        _rotate_chunk(a, b, cc, sc, a, b, 1.0)
 
 
 def _table_gradients(
@@ -485,7 +507,7 @@ def frequencies(
     """The [H/2] angular frequencies (0 for NoPE pairs), float32 unless dtype=torch.float64."""
     head_dim, w, pairs, scale = _params(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
     dtype_ = _table_dtype(dtype)
-    freq = _pair_constants(head_dim, w, pairs, scale)[2] + (0.0,) * (head_dim // 2 - pairs)
+    freq = _pair_constants(head_dim, w, pairs, scale)[3] + (0.0,) * (head_dim // 2 - pairs)
     return torch.tensor(freq, dtype=dtype_, device=device)
 
 

@@ -63,6 +63,17 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     return torch.device(name)
 
 
+@pytest.fixture(
+    params=[pytest.param("float64", id="tables:cpu-float64"), pytest.param("int64", id="tables:int64-float32")]
+)
+def table_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both float32 table routes: through float64 (the CPU's) and the int64/float32 one (every other
+    device's), the latter forced on the CPU too."""
+    if request.param == "int64":
+        monkeypatch.setattr(pt, "_FLOAT64_TABLE_DEVICES", ())
+    return str(request.param)
+
+
 def skip_unsupported(device: torch.device, dtype: str) -> None:
     if device.type == "mps" and dtype == "float64":
         pytest.skip("mps has no float64")
@@ -130,6 +141,7 @@ CONFIGS = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("head_dim", "p", "w", "pairing", "seq_axis", "scale", "pairs"), CONFIGS)
 def test_agrees_with_reference(
+    table_route: str,
     device: torch.device,
     dtype: str,
     head_dim: int,
@@ -156,7 +168,7 @@ def test_agrees_with_reference(
 
 @pytest.mark.parametrize("positions_dtype", ["float32", "float64"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_real_positions_strict(device: torch.device, dtype: str, positions_dtype: str) -> None:
+def test_real_positions_strict(table_route: str, device: torch.device, dtype: str, positions_dtype: str) -> None:
     skip_unsupported(device, positions_dtype)
     rng = np.random.default_rng(3)
     x = normal(rng, (3, 40, 2, 256), dtype)
@@ -171,7 +183,7 @@ def test_real_positions_strict(device: torch.device, dtype: str, positions_dtype
 @pytest.mark.parametrize(
     ("head_dim", "w", "scale"), [(8, 2.0, 1.0), (128, 10_000.0, 1.0), (512, 1e6, 8.0), (1024, 1e7, 1.0)]
 )
-def test_float32_tables_within_spec_bound(head_dim: int, w: float, scale: float) -> None:
+def test_float32_tables_within_spec_bound(table_route: str, head_dim: int, w: float, scale: float) -> None:
     rng = np.random.default_rng(head_dim)
     integers = np.concatenate([np.arange(-3, 5000), integer_positions(rng, (4000,))])
     reals = np.concatenate([rng.uniform(-MAX_POSITION, MAX_POSITION, 2000), rng.uniform(-2, 2, 500)])
@@ -244,25 +256,32 @@ def test_random_calls_agree_with_reference(
 
 def test_chunked_rotation_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     """Long sequences are rotated in chunks along L, tables broadcast or not; every chunk conforms."""
-    monkeypatch.setattr(pt, "_CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(pt, "_CHUNK_ELEMENTS", 200)
     monkeypatch.setattr(pt, "_SMALL_ELEMENTS", 0)
     rng = np.random.default_rng(5)
-    for dtype, seq_axis, positions_shape in [("float32", -3, (2, 37)), ("bfloat16", -2, (37,)), ("float64", -2, ())]:
+    cases = [
+        ("float32", -3, (2, 37), 0.75),
+        ("bfloat16", -2, (37,), 0.75),
+        ("float64", -2, (), 1.0),
+        ("float32", -3, (37,), 1.0),
+    ]
+    for dtype, seq_axis, positions_shape, p in cases:
         x = normal(rng, layout((2,), 37, 3, 32, seq_axis), dtype)
         positions = integer_positions(rng, positions_shape) if positions_shape else np.array(9_999_991)
-        out = pt.apply_p_rope(to_torch(x), to_torch(positions), 32, 1e4, 0.75, seq_axis=seq_axis)
         graded = np.broadcast_to(positions, (2, 37))
-        assert_conforms(out, x, graded, 32, 1e4, 0.75, seq_axis=seq_axis, level="strict", device="cpu")
+        kwargs: dict[str, Any] = dict(seq_axis=seq_axis, level="strict", device="cpu")
+        out = pt.apply_p_rope(to_torch(x), to_torch(positions), 32, 1e4, p, seq_axis=seq_axis)
+        assert_conforms(out, x, graded, 32, 1e4, p, **kwargs)
         inplace = to_torch(x)
-        pt.apply_p_rope_(inplace, to_torch(positions), 32, 1e4, 0.75, seq_axis=seq_axis)
-        assert_conforms(inplace, x, graded, 32, 1e4, 0.75, seq_axis=seq_axis, level="strict", device="cpu")
+        pt.apply_p_rope_(inplace, to_torch(positions), 32, 1e4, p, seq_axis=seq_axis)
+        assert_conforms(inplace, x, graded, 32, 1e4, p, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
 # special values, dtypes, empty arrays
 
 
-def test_special_values(device: torch.device) -> None:
+def test_special_values(table_route: str, device: torch.device) -> None:
     x = np.full((1, 3, 1, 8), 1.5, dtype=np.float32)
     x[0, :, 0, 2] = [np.inf, np.nan, -0.0]  # NoPE lanes (R = 2 of 4 pairs)
     x[0, :, 0, 7] = [-np.inf, 2.0**-140, -0.0]
@@ -340,7 +359,7 @@ def test_float64_tables_on_float32_inputs() -> None:
     assert_conforms(out, x, positions, 16, level="strict", device="cpu")
 
 
-def test_kv_cache_decode_equals_full_sequence(device: torch.device) -> None:
+def test_kv_cache_decode_equals_full_sequence(table_route: str, device: torch.device) -> None:
     """Per-row offsets, one new token per row (L = 1): equal to the full-sequence result's slice."""
     rng = np.random.default_rng(6)
     batch, length, heads, head_dim = 3, 20, 2, 512
@@ -592,7 +611,7 @@ def test_compile_fullgraph_no_recompile(backend: str, call: str) -> None:
 
 
 @pytest.mark.filterwarnings(*COMPILE_WARNINGS[0].args)
-def test_compile_real_positions() -> None:
+def test_compile_real_positions(table_route: str) -> None:
     compiled, counter = compile_counted(lambda x, p: pt.apply_p_rope(x, p, 32, 1e4, 0.5), "aot_eager")
     rng = np.random.default_rng(18)
     for _ in range(2):
