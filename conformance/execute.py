@@ -32,9 +32,6 @@ class LevelResult:
     ratio: float = 0.0  # worst error / bound
     passed: bool = True
 
-    def to_json(self) -> dict[str, Any]:
-        return {"graded": self.graded, "ratio": finite_json(self.ratio), "pass": self.passed}
-
 
 @dataclasses.dataclass
 class Worst:
@@ -68,17 +65,20 @@ class CaseResult:
         return "pass" if all(r.passed for r in self.levels.values()) else "fail"
 
     def to_json(self) -> dict[str, Any]:
+        """Compact: id, status, worst ratio and graded count per level; details when it failed."""
         data: dict[str, Any] = {
             "id": self.case.id,
-            "op": self.case.op,
-            "dtype": self.case.dtype,
             "status": self.status,
-            "levels": {k: v.to_json() for k, v in self.levels.items()},
+            "ratio": {k: finite_json(v.ratio) for k, v in self.levels.items() if v.graded},
+            "graded": {k: v.graded for k, v in self.levels.items()},
             "seconds": round(self.seconds, 4),
         }
+        if self.status == "fail":
+            data["failed_levels"] = [k for k, v in self.levels.items() if not v.passed]
+            data["case"] = self.case.describe()
         if self.problems:
             data["problems"] = self.problems
-        if self.worst is not None:
+        if self.worst is not None and (self.status == "fail" or self.worst.ratio > 0.5):
             data["worst"] = dataclasses.asdict(self.worst) | {"ratio": finite_json(self.worst.ratio)}
         if self.first_strict_failure is not None:
             data["first_strict_failure_position"] = finite_json(self.first_strict_failure)
@@ -86,7 +86,6 @@ class CaseResult:
             data["not_applicable"] = self.not_applicable
         if self.warnings:
             data["warnings"] = self.warnings
-        data["case"] = self.case.describe()
         return data
 
 
@@ -222,9 +221,10 @@ def execute(target: Target, case: Case, arrays: Arrays | None = None) -> CaseRes
         result.not_applicable = f"{target.name} has no {case.op}"
         return result
     fw = target.framework
-    if case.dtype not in fw.dtypes:
+    why = fw.unsupported(case.dtype, target.device)
+    if why is not None:
         result = grader.result(0.0)
-        result.not_applicable = f"{fw.name} has no {case.dtype}"
+        result.not_applicable = why
         return result
     arrays = arrays if arrays is not None else case.materialize()
     with warnings.catch_warnings(record=True) as caught:

@@ -27,6 +27,10 @@ class Framework:
     def present(self, device: str) -> bool:
         return device == "cpu"
 
+    def unsupported(self, dtype: str, device: str) -> str | None:
+        """Why ``dtype`` cannot exist on ``device`` in this library (None: it can)."""
+        return None if dtype in self.dtypes else f"{self.name} has no {dtype}"
+
     def device_description(self, device: str) -> str:
         return device
 
@@ -207,6 +211,11 @@ class TorchFramework(Framework):
         if device == "mps":
             return bool(torch.backends.mps.is_available())
         return False
+
+    def unsupported(self, dtype: str, device: str) -> str | None:
+        if device == "mps" and dtype == "float64":
+            return "MPS has no float64"
+        return super().unsupported(dtype, device)
 
     def device_description(self, device: str) -> str:
         torch = self._torch()

@@ -128,11 +128,24 @@ def _cell_text(cell: dict[str, Any]) -> str:
     return {"device missing": "MISSING", "error": "ERROR"}.get(status, status)
 
 
-def matrix_rows(report: dict[str, Any]) -> list[list[str]]:
+def matrix_rows(report: dict[str, Any], short: bool = False) -> list[list[str]]:
+    """One row per backend and device that ran; the backends a device was absent for share a row."""
     index = {(c["backend"], c["device"], c["dtype"]): c for c in report["cells"]}
     table = []
+    absent: dict[tuple[str, str], list[str]] = {}
+    for row in report["rows"]:
+        if row["status"] in ABSENT:
+            absent.setdefault((row["device"], row["status"]), []).append(row["backend"])
+    done: set[tuple[str, str]] = set()
     for row in report["rows"]:
         b, d = row["backend"], row["device"]
+        if row["status"] in ABSENT:
+            if (d, row["status"]) not in done:
+                done.add((d, row["status"]))
+                names = absent[(d, row["status"])]
+                label = f"{len(names)} backends" if short and len(names) > 2 else ", ".join(names)
+                table.append([label, d, *[row["status"]] * len(DTYPES), "-", "-"])
+            continue
         texts = [_cell_text(index[(b, d, dtype)]) for dtype in DTYPES]
         run: dict[str, Any] = next((r for r in report["runs"] if r["backend"] == b and r["device"] == d), {})
         errors = run.get("errors") or {}
@@ -144,7 +157,7 @@ HEADER = ["backend", "device", *DTYPES, "errors", "seconds"]
 
 
 def render_terminal(report: dict[str, Any], directory: Path) -> str:
-    rows = matrix_rows(report)
+    rows = matrix_rows(report, short=True)
     widths = [max(len(str(x)) for x in col) for col in zip(HEADER, *rows, strict=False)]
     lines = [
         f"p-RoPE conformance matrix (SPEC {report['spec_version']}), {directory}",
@@ -165,7 +178,7 @@ def render_terminal(report: dict[str, Any], directory: Path) -> str:
 
 
 def _case_ratio(case: dict[str, Any]) -> str:
-    parts = [f"{lvl} {v['ratio']}" for lvl, v in case["levels"].items() if not v["pass"]]
+    parts = [f"{lvl} {case['ratio'].get(lvl)}" for lvl in case.get("failed_levels", [])]
     worst = case.get("worst")
     if worst:
         parts.append(f"worst at position {worst['position']:g} in {worst['output']}")
@@ -223,7 +236,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["", "## Failures", ""]
         for run, case in failures[:50]:
             detail = "; ".join(case.get("problems", [])) or _case_ratio(case)
-            out.append(f"- {run['backend']} on {run['device']}, `{case['id']}` ({case['case']}): {detail}")
+            out.append(f"- {run['backend']} on {run['device']}, `{case['id']}` ({case.get('case', '')}): {detail}")
     for run in report["runs"]:
         if run.get("status") in ("device missing", "error"):
             out.append(f"- {run['backend']} on {run['device']}: **{run['status']}**: {run.get('error', '')}")

@@ -77,9 +77,14 @@ def _env_list(name: str) -> list[str]:
 
 
 def _write(out: Path, record: dict[str, Any]) -> Path:
+    """DIR/<backend>-<device>.json: indented, with one line per case."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{record['backend'].replace(':', '_')}-{record['device']}.json"
-    path.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n")
+    cases = record.get("cases", [])
+    head = json.dumps({k: v for k, v in record.items() if k != "cases"} | {"cases": []}, indent=1)
+    lines = ",\n".join("  " + json.dumps(c, separators=(",", ":")) for c in cases)
+    text = head[: head.rindex("[]")] + ("[\n" + lines + "\n ]" if cases else "[]") + head[head.rindex("[]") + 2 :]
+    path.write_text(text + "\n")
     return path
 
 
@@ -106,6 +111,7 @@ def run_backend_on_device(
     start = time.perf_counter()
     target = target or backend_target(backend, device)
     record["device_description"] = target.framework.device_description(device)
+    record["module_file"] = getattr(target.module, "__file__", None)
     results = [execute(target, case) for case in cases]
     record["seconds"] = round(time.perf_counter() - start, 2)
     cells: dict[str, dict[str, Any]] = {}
