@@ -111,6 +111,7 @@ def build(directory: Path) -> dict[str, Any]:
                 if r.get(k) is not None
             }
             | {"failures": [c for c in r.get("cases", []) if c.get("status") == "fail"][:20]}
+            | {"warnings": sorted({w for c in r.get("cases", []) for w in c.get("warnings", [])})}
             for r in runs
         ],
         "rows": [{k: v for k, v in row.items() if k != "run"} for row in rows],
@@ -167,6 +168,11 @@ def render_terminal(report: dict[str, Any], directory: Path) -> str:
     ]
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in rows]
     lines.append(f"overall: {report['status'].upper()}")
+    for run in report["runs"]:
+        if run.get("warnings"):
+            lines.append(
+                f"  note: {run['backend']} on {run['device']} raised warnings: {'; '.join(run['warnings'])[:100]}"
+            )
     for run in report["runs"]:
         if run.get("status") not in ("ok", "not installed"):
             lines.append(
@@ -240,6 +246,17 @@ def render_markdown(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         if run.get("status") in ("device missing", "error"):
             out.append(f"- {run['backend']} on {run['device']}: **{run['status']}**: {run.get('error', '')}")
+    warned = [run for run in report["runs"] if run.get("warnings")]
+    if warned:
+        out += [
+            "",
+            "## Warnings",
+            "",
+            "Warnings raised by a backend while it ran its cases (they do not fail a cell):",
+            "",
+        ]
+        for run in warned:
+            out.append(f"- {run['backend']} on {run['device']}: " + "; ".join(f"`{w}`" for w in run["warnings"]))
     return "\n".join(out) + "\n"
 
 
