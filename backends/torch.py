@@ -288,16 +288,15 @@ def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torc
 
 def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> RopeTables:
     """float32 cos/sin of 2 pi frac(position * r_i) through float64 (the CPU route, where float64
-    runs at full speed): the turns p r_i carry an error below 2**-30 turn for |p| <= 2**24, the
-    reduction modulo 1 is exact, so the tables are within 0.6 float32 units; 8 operations."""
-    turns = positions.to(torch.float64)[..., None] * revolutions
-    turns = turns.sub_(torch.round(turns))  # exact; NaN for non-finite positions
-    offsets = _constant(_TURN_OFFSETS, torch.float64, turns.device).view(2, *(1,) * turns.dim())
-    values = torch.sin_((turns.unsqueeze(0) + offsets).mul_(2 * math.pi)).to(torch.float32)
+    runs at full speed): the turns p r_i carry an error below 2**-30 turn for |p| <= 2**24, their
+    fraction is exact, so the tables are within 0.6 float32 units. Five operations."""
+    turns = torch.mul(positions[..., None], revolutions).frac_()  # exact; NaN for non-finite positions
+    offsets = _constant(_ANGLE_OFFSETS, torch.float64, turns.device).view(2, *(1,) * turns.dim())
+    values = torch.sin_(torch.add(offsets, turns.unsqueeze(0), alpha=2 * math.pi)).to(torch.float32)
     return RopeTables(values[0], values[1])
 
 
-_TURN_OFFSETS = (0.25, 0.0)  # cos(2 pi t) = sin(2 pi (t + 1/4))
+_ANGLE_OFFSETS = (math.pi / 2, 0.0)  # cos(a) = sin(a + pi/2)
 _FLOAT64_TABLE_DEVICES = ("cpu",)  # devices whose float32 tables go through float64 (fast there)
 
 
@@ -328,6 +327,13 @@ def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, tor
     return x[..., first], x[..., second]
 
 
+def _pair_view(x: torch.Tensor, pairs: int, pairing: str) -> torch.Tensor:
+    """A [..., 2, R] view of the rotated lanes: [..., 0, :] first elements, [..., 1, :] second."""
+    if pairing == "split_half":
+        return x.unflatten(-1, (2, x.shape[-1] // 2))[..., :pairs]
+    return x[..., : 2 * pairs].unflatten(-1, (pairs, 2)).transpose(-1, -2)
+
+
 def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
     """[B'..., L, R] -> [B'..., L, 1, R] (seq_axis=-3) or [B'..., 1, L, R] (seq_axis=-2); [R]: L = 1."""
     if table.dim() == 1:
@@ -354,28 +360,21 @@ def _chunks(seq_axis: int, elements: int, *tensors: torch.Tensor) -> Any:
         yield tuple(t if t.shape[seq_axis] == 1 else t.narrow(seq_axis, start, size) for t in tensors)
 
 
-def _rotate_chunk(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    c: torch.Tensor,
-    s: torch.Tensor,
-    o1: torch.Tensor,
-    o2: torch.Tensor,
-    direction: float,
-) -> None:
-    """o1 = a c - d b s, o2 = b c + d a s (d = direction = +-1) in the tables' dtype, rounded once to
-    the outputs' dtype. o1, o2 may be a, b themselves (in place)."""
-    if a.dtype != c.dtype:  # 16-bit (or float32 with float64 tables): compute, then round once
-        t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
-        o2.copy_(torch.mul(b, c).addcmul_(a, s, value=direction))
-        o1.copy_(t1)
-    elif o1.data_ptr() == a.data_ptr():  # in place: a is read after o2 is written
-        t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
-        o2.mul_(c).addcmul_(a, s, value=direction)
-        o1.copy_(t1)
-    else:
-        torch.mul(a, c, out=o1).addcmul_(b, s, value=-direction)
-        torch.mul(b, c, out=o2).addcmul_(a, s, value=direction)
+def _rotate_chunk(xv: torch.Tensor, c: torch.Tensor, s: torch.Tensor, ov: torch.Tensor, direction: float) -> None:
+    """ov = rotation of xv: (a c - d b s, b c + d a s) for the pairs (a, b) = xv[..., 0/1, :] and
+    d = direction = +-1, computed in the tables' dtype and rounded once to ov's dtype; ov may be
+    xv itself (in place). xv, ov: [..., 2, R] pair views; c, s: tables broadcastable to [..., R]."""
+    c2 = c.unsqueeze(-2)
+    a, b = xv[..., 0, :], xv[..., 1, :]
+    if xv.dtype == c.dtype and ov.data_ptr() != xv.data_ptr():
+        torch.mul(xv, c2, out=ov)
+        ov[..., 0, :].addcmul_(b, s, value=-direction)
+        ov[..., 1, :].addcmul_(a, s, value=direction)
+    else:  # in place, or 16-bit (float32 with float64 tables): compute, then round once
+        rotated = torch.mul(xv, c2)
+        rotated[..., 0, :].addcmul_(b, s, value=-direction)
+        rotated[..., 1, :].addcmul_(a, s, value=direction)
+        ov.copy_(rotated)
 
 
 def _rotate(
@@ -395,18 +394,16 @@ def _rotate(
     c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
     if x.numel() <= _SMALL_ELEMENTS:
         out = x.clone()
-        _rotate_chunk(*_lanes(x, pairs, pairing), c, s, *_lanes(out, pairs, pairing), direction)
+        _rotate_chunk(_pair_view(x, pairs, pairing), c, s, _pair_view(out, pairs, pairing), direction)
         return out
     out = torch.empty_like(x)
-    if 2 * pairs == x.shape[-1]:
-        x1, x2 = _lanes(x, pairs, pairing)
-        o1, o2 = _lanes(out, pairs, pairing)
-        for a, b, cc, sc, p1, p2 in _chunks(seq_axis, _CHUNK_ELEMENTS // 2, x1, x2, c, s, o1, o2):
-            _rotate_chunk(a, b, cc, sc, p1, p2, direction)
+    if 2 * pairs == x.shape[-1]:  # no NoPE lanes
+        for xc, oc, cc, sc in _chunks(seq_axis, _CHUNK_ELEMENTS, x, out, c, s):
+            _rotate_chunk(_pair_view(xc, pairs, pairing), cc, sc, _pair_view(oc, pairs, pairing), direction)
         return out
     for xc, oc, cc, sc in _chunks(seq_axis, _CHUNK_ELEMENTS, x, out, c, s):
         oc.copy_(xc)
-        _rotate_chunk(*_lanes(xc, pairs, pairing), cc, sc, *_lanes(oc, pairs, pairing), direction)
+        _rotate_chunk(_pair_view(xc, pairs, pairing), cc, sc, _pair_view(oc, pairs, pairing), direction)
     return out
 
 
@@ -415,15 +412,16 @@ def _rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pair
     pairs = cos.shape[-1]
     if not pairs:
         return
-    x1, x2 = _lanes(x, pairs, pairing)
     c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
     if torch.compiler.is_compiling():
+        x1, x2 = _lanes(x, pairs, pairing)
         o1, o2 = rotate_pairs(x1.to(c.dtype), x2.to(c.dtype), c, s)
         x1.copy_(o1)
         x2.copy_(o2)
         return
-    for a, b, cc, sc in _chunks(seq_axis, _CHUNK_ELEMENTS // 2, x1, x2, c, s):
-        _rotate_chunk(a, b, cc, sc, a, b, 1.0)
+    xv = _pair_view(x, pairs, pairing)
+    for vc, cc, sc in _chunks(seq_axis - 1, _CHUNK_ELEMENTS // 2, xv, c.unsqueeze(-2), s.unsqueeze(-2)):
+        _rotate_chunk(vc, cc.squeeze(-2), sc.squeeze(-2), vc, 1.0)
 
 
 def _table_gradients(
