@@ -291,22 +291,30 @@ def _build_tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
     return _fixed_point_tables(positions, head_dim, w, pairs, scale)
 
 
+def _own_fusion_on_cpu(fn: Any, witness: jax.Array, *args: Any) -> Any:
+    """fn(*args), computed by XLA:CPU in a fusion of its own, its result materialized.
+
+    XLA:CPU fuses elementwise producers into every consumer, recomputing them per consumer element:
+    the tables would be rebuilt for each head and lane of the rotation (twice the cost of the
+    whole op at p = 1). A conditional is a fusion boundary, so on CPU fn runs inside one whose two
+    branches are fn itself, on a predicate the compiler cannot fold (one element of witness, a
+    runtime array). Other platforms call fn directly: a device-side conditional costs a host round
+    trip on GPUs. Under vmap with a batched witness the conditional becomes a select (same values).
+    """
+    if witness.size == 0:
+        return fn(*args)
+
+    def on_cpu(*operands: Any) -> Any:
+        first = witness.reshape(-1)[0]
+        return lax.cond(first != jnp.asarray(7, first.dtype), fn, fn, *operands)
+
+    return lax.platform_dependent(*args, cpu=on_cpu, default=fn)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
-    """The [..., L, R] tables, built once per call.
-
-    XLA:CPU fuses every elementwise producer into its consumers, so the table arithmetic would be
-    redone for each head and lane of the rotation (twice the cost of the whole op at p = 1). A
-    conditional is a fusion boundary: on CPU the tables are built inside one (both branches
-    alike, the predicate only has to be unknown to the compiler). Other platforms build them
-    directly, as a device-side conditional would cost a host round trip on GPU.
-    """
-    build = functools.partial(_build_tables, spec=spec)
-
-    def on_cpu(p: jax.Array) -> RopeTables:
-        return lax.cond(jnp.any(p != 0), build, build, p)
-
-    return lax.platform_dependent(positions, cpu=on_cpu, default=build)
+    """The [..., L, R] tables, built once per call (on CPU in their own fusion: _own_fusion_on_cpu)."""
+    return _own_fusion_on_cpu(functools.partial(_build_tables, spec=spec), positions, positions)
 
 
 @_tables.defjvp
@@ -343,31 +351,55 @@ def _pair_lanes(x: jax.Array, pairs: int, pairing: str) -> tuple[jax.Array, jax.
     return view[..., 0], view[..., 1]
 
 
+def _rotated_pairs(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> jax.Array:
+    """The rotated lanes, computed in the tables' dtype and rounded once to x's dtype, stacked as
+    in x: [..., 2, R] (split_half: first elements, then second ones) or [..., R, 2] (interleaved)."""
+    x1, x2 = (v.astype(c.dtype) for v in _pair_lanes(x, c.shape[-1], pairing))
+    o1 = (x1 * c - x2 * s).astype(x.dtype)
+    o2 = (x2 * c + x1 * s).astype(x.dtype)
+    return jnp.stack([o1, o2], axis=-2 if pairing == "split_half" else -1)
+
+
+def _rotate_in_place(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> jax.Array:
+    """A copy of x whose rotated lanes are overwritten by dynamic-update-slices: XLA copies x (or
+    reuses its buffer) and touches only the 2R rotated lanes, reading them from x."""
+    rotated = _rotated_pairs(x, c, s, pairing)
+    last = x.ndim - 1
+    if pairing == "split_half":
+        out = lax.dynamic_update_slice_in_dim(x, rotated[..., 0, :], 0, axis=last)
+        return lax.dynamic_update_slice_in_dim(out, rotated[..., 1, :], x.shape[-1] // 2, axis=last)
+    return lax.dynamic_update_slice_in_dim(x, rotated.reshape(*x.shape[:-1], -1), 0, axis=last)
+
+
+def _rotate_materialized(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> jax.Array:
+    """bfloat16 with NoPE lanes on XLA:CPU, which emulates bfloat16 dynamic-update-slice in float32
+    over the whole array: fused into that pass, the rotation would be evaluated for every lane.
+    The rotated lanes are materialized in their own fusion, then written over x in one pass."""
+    rotated = _own_fusion_on_cpu(functools.partial(_rotated_pairs, pairing=pairing), x, x, c, s)
+    half = x.shape[-1] // 2
+    view = x.reshape(*x.shape[:-1], *((2, half) if pairing == "split_half" else (half, 2)))
+    return lax.dynamic_update_slice(view, rotated, (0,) * view.ndim).reshape(x.shape)
+
+
 def _rotate_lanes(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, seq_axis: int) -> jax.Array:
     """x with its 2R rotated lanes turned by (cos, sin), computed in the tables' dtype and rounded
-    once to x's dtype; NoPE lanes copied bit for bit.
-
-    When NoPE lanes exist the result is a copy of x updated in place on the rotated lanes (XLA:
-    one copy, then dynamic-update-slices that touch only those lanes); otherwise one fused pass."""
+    once to x's dtype; NoPE lanes copied bit for bit."""
     pairs = cos.shape[-1]
     if pairs == 0:
         return x
     axis = _table_axis(seq_axis)
     c, s = jnp.expand_dims(cos, axis), jnp.expand_dims(sin, axis)
-    x1, x2 = (v.astype(c.dtype) for v in _pair_lanes(x, pairs, pairing))
-    o1 = (x1 * c - x2 * s).astype(x.dtype)
-    o2 = (x2 * c + x1 * s).astype(x.dtype)
-    half = x.shape[-1] // 2
-    last = x.ndim - 1
-    if pairing == "split_half":
-        if pairs == half:
-            return jnp.stack([o1, o2], axis=-2).reshape(x.shape)
-        out = lax.dynamic_update_slice_in_dim(x, o1, 0, axis=last)
-        return lax.dynamic_update_slice_in_dim(out, o2, half, axis=last)
-    both = jnp.stack([o1, o2], axis=-1).reshape(*x.shape[:-1], 2 * pairs)
-    if pairs == half:
-        return both
-    return lax.dynamic_update_slice_in_dim(x, both, 0, axis=last)
+    if pairs == x.shape[-1] // 2:  # no NoPE lanes: one fused pass writes the output
+        return _rotated_pairs(x, c, s, pairing).reshape(x.shape)
+    if x.dtype == jnp.bfloat16:
+        return lax.platform_dependent(
+            x,
+            c,
+            s,
+            cpu=functools.partial(_rotate_materialized, pairing=pairing),
+            default=functools.partial(_rotate_in_place, pairing=pairing),
+        )
+    return _rotate_in_place(x, c, s, pairing)
 
 
 def _sum_to(value: jax.Array, shape: tuple[int, ...]) -> jax.Array:

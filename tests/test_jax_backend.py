@@ -687,13 +687,20 @@ def test_empty_arrays(shape: tuple[int, ...]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("head_dim", "p", "pairing"), [(512, 0.25, "split_half"), (64, 0.5, "interleaved"), (64, 1.0, "split_half")]
+    ("head_dim", "p", "pairing", "dtype"),
+    [
+        (512, 0.25, "split_half", "float32"),
+        (64, 0.5, "interleaved", "float32"),
+        (64, 1.0, "split_half", "float32"),
+        (512, 0.25, "split_half", "bfloat16"),
+        (64, 0.5, "interleaved", "bfloat16"),
+    ],
 )
-def test_in_place_buffer_reuse_is_safe(head_dim: int, p: float, pairing: str) -> None:
+def test_in_place_buffer_reuse_is_safe(head_dim: int, p: float, pairing: str, dtype: str) -> None:
     """XLA writes the rotated lanes into the input's buffer when it can (an intermediate, a donated
     argument); the results must not change."""
     rng = np.random.default_rng(head_dim)
-    x = normal(rng, (2, 33, 3, head_dim), "float32")
+    x = normal(rng, (2, 33, 3, head_dim), dtype)
     positions = integer_positions(rng, (2, 33))
     m = to_jax(positions)
     doubled = jax.jit(lambda a: pj.apply_p_rope(a * 2.0, m, head_dim, 1e6, p, pairing=pairing))(to_jax(x))
