@@ -32,6 +32,7 @@ from tests.helpers import assert_conforms
 
 MAX_POSITION = 2**24
 TABLE_BOUND = 2.5 * 2.0**-24  # SPEC.md §8: float32 tables within 2.5 float32 units of cos/sin
+CPU_TABLE_BOUND = 0.6 * 2.0**-24  # the CPU's float64 route: one final rounding, 0.5 units, and a little
 NP_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}
 DTYPES = list(NP_DTYPES)
 
@@ -192,8 +193,9 @@ def test_float32_tables_within_spec_bound(table_route: str, head_dim: int, w: fl
         assert cos.dtype == sin.dtype == torch.float32
         assert cos.shape == sin.shape == (positions.size, head_dim // 2)
         exact = p_rope.p_rope_tables(positions, head_dim, w, scale_factor=scale)
-        assert np.abs(cos.double().numpy() - exact.cos).max() <= TABLE_BOUND
-        assert np.abs(sin.double().numpy() - exact.sin).max() <= TABLE_BOUND
+        bound = CPU_TABLE_BOUND if table_route == "float64" else TABLE_BOUND
+        assert np.abs(cos.double().numpy() - exact.cos).max() <= bound
+        assert np.abs(sin.double().numpy() - exact.sin).max() <= bound
 
 
 def test_float64_tables_match_reference() -> None:
@@ -566,7 +568,8 @@ def test_gradcheck_float64() -> None:
     assert torch.autograd.gradcheck(lambda t, c, s: pt.apply_p_rope_tables(t, pt.RopeTables(c, s)), (x, cos, sin))
     broadcast = pt.RopeTables(cos[:1].detach().requires_grad_(), sin[:1].detach().requires_grad_())
     assert torch.autograd.gradcheck(
-        lambda t, c, s: pt.apply_p_rope_tables(t, pt.RopeTables(c, s), seq_axis=-2), (x.transpose(1, 2), *broadcast)
+        lambda t, c, s: pt.apply_p_rope_tables(t, pt.RopeTables(c, s), seq_axis=-2, pairing="interleaved"),
+        (x.transpose(1, 2), *broadcast),
     )
 
 
