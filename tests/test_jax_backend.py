@@ -696,18 +696,19 @@ def test_empty_arrays(shape: tuple[int, ...]) -> None:
         (64, 0.5, "interleaved", "bfloat16"),
     ],
 )
-def test_in_place_buffer_reuse_is_safe(head_dim: int, p: float, pairing: str, dtype: str) -> None:
+def test_in_place_buffer_reuse_is_safe(device: Any, head_dim: int, p: float, pairing: str, dtype: str) -> None:
     """XLA writes the rotated lanes into the input's buffer when it can (an intermediate, a donated
-    argument); the results must not change."""
+    argument); the results must not change (XLA:CPU once miscompiled a related form: an in-place
+    update reading its own buffer through a reshape)."""
     rng = np.random.default_rng(head_dim)
     x = normal(rng, (2, 33, 3, head_dim), dtype)
     positions = integer_positions(rng, (2, 33))
-    m = to_jax(positions)
-    doubled = jax.jit(lambda a: pj.apply_p_rope(a * 2.0, m, head_dim, 1e6, p, pairing=pairing))(to_jax(x))
-    assert_conforms(doubled, x * 2, positions, head_dim, 1e6, p, pairing=pairing, level="strict", device="cpu")
+    m, where = to_jax(positions, device), device_name(device)
+    doubled = jax.jit(lambda a: pj.apply_p_rope(a * 2.0, m, head_dim, 1e6, p, pairing=pairing))(to_jax(x, device))
+    assert_conforms(doubled, x * 2, positions, head_dim, 1e6, p, pairing=pairing, level="strict", device=where)
     donated = jax.jit(lambda a: pj.apply_p_rope(a, m, head_dim, 1e6, p, pairing=pairing), donate_argnums=0)
-    out = donated(to_jax(x))
-    assert_conforms(out, x, positions, head_dim, 1e6, p, pairing=pairing, level="strict", device="cpu")
+    out = donated(to_jax(x, device))
+    assert_conforms(out, x, positions, head_dim, 1e6, p, pairing=pairing, level="strict", device=where)
 
 
 def test_numpy_and_python_arguments() -> None:
