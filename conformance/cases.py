@@ -286,6 +286,8 @@ def _scenarios() -> list[dict[str, Any]]:
              positions=P("real", high=4096.0, dtype="float32")),
         dict(name="real-positions-f64", shape=(2, 6, 2, 64), head_dim=64,
              positions=P("real", high=2.0**17, dtype="float64")),
+        dict(name="negative-real-positions-f32", shape=(1, 8, 2, 128), head_dim=128,
+             positions=P("real", low=-5000.0, high=0.0, dtype="float32")),
         dict(name="edge-positions", shape=(1, 14, 2, 128), head_dim=128,
              positions=P("values", values=(0, 1, 1044, 2047, 2048, 2049, 4095, 4096, 8193, 15962, 65535, 65537,
                                            131071, 131072))),

@@ -125,7 +125,11 @@ def _cell_text(cell: dict[str, Any]) -> str:
         ratio = cell["ratio"][cell["shown_ratio_level"]]
         value = f"{ratio:.2f}" if isinstance(ratio, float) else str(ratio)
         text = f"{level} {value}" if level != "fail" else f"FAIL {value}"
-        return text if status == "pass" else (text if level == "fail" else f"{text} (below {cell['required']})")
+        if status == "pass" or level == "fail":
+            return text
+        above = cell["ratio"].get(cell["required"])
+        above_text = f"{above:.3g}" if isinstance(above, float) else str(above)
+        return f"{text}, FAIL {cell['required']} {above_text}"
     return {"device missing": "MISSING", "error": "ERROR"}.get(status, status)
 
 
@@ -183,8 +187,12 @@ def render_terminal(report: dict[str, Any], directory: Path) -> str:
     return "\n".join(lines)
 
 
+def _number(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _case_ratio(case: dict[str, Any]) -> str:
-    parts = [f"{lvl} {case['ratio'].get(lvl)}" for lvl in case.get("failed_levels", [])]
+    parts = [f"{lvl} {_number(case['ratio'].get(lvl))}" for lvl in case.get("failed_levels", [])]
     worst = case.get("worst")
     if worst:
         parts.append(f"worst at position {worst['position']:g} in {worst['output']}")
