@@ -17,12 +17,16 @@ JAX users expect:
   only the 2R rotated lanes and writes them into a copy of the input, so inside a jitted model,
   where the input buffer is an intermediate (or a donated argument), XLA writes just those lanes.
 
-Accuracy (SPEC.md, "Accuracy", strict level): float32 tables are exact to within a float32
-unit for integer and real positions of magnitude below 2**31, without float64. The angle is
-reduced modulo one turn in 32-bit integer fixed point (the turns per unit position held to 60
-bits), then sin and cos are evaluated by polynomials on [-pi/4, pi/4] and rotated by the exact
-quarter turns. Positions that JAX holds as float32 (float64 data when x64 is off, JAX's rule)
-are taken as those float32 values; integer positions are exact up to the int32 range.
+Accuracy (SPEC.md, "Accuracy", strict level): float32 tables within about one float32 unit of
+the exact cosine and sine (1.06 measured) for integer and real positions up to 2**31 in magnitude,
+without float64. This is a native path, not _core.exact_tables: the angle is reduced modulo one turn
+in 32-bit integer fixed point (the turns per unit position held to 60 bits, the position's integer
+part taken modulo 2**64, its fraction to 2**-32), then sin and cos are evaluated by polynomials on
+[-pi/4, pi/4] and turned by the exact quarter turns. Under XLA it is about three times faster than
+exact_tables and more accurate (1.9 units there, and negative real positions are exact here too).
+Real positions are taken as the values JAX holds: with x64 off, JAX turns float64 data into
+float32 (its rule), rounding a non-integer position to 2**-24 of its magnitude; pass integer or
+float32 positions, or enable x64, where that matters.
 
 Shape letters: B... batch axes, L sequence, N heads, H head_dim, R rotated pairs.
 """
@@ -227,7 +231,7 @@ def _position_words(positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arr
     fraction_hi = jnp.floor(fraction)
     fraction_lo = jnp.floor((fraction - fraction_hi) * 2.0**16)  # drops below 2**-32: exact enough
     upper = jnp.floor(whole * 2.0**-32)
-    lower = whole - upper * 2.0**32  # exact: whole is a multiple of 2**9 once it reaches 2**32
+    lower = whole - upper * 2.0**32  # exact (a float32 reaching 2**32 is a multiple of 2**9)
     upper = upper - jnp.floor(upper * 2.0**-32) * 2.0**32
     units = (fraction_hi.astype(_U32) << 16) | fraction_lo.astype(_U32)
     return _split_u32_float(upper), _split_u32_float(lower), units, positions < 0
