@@ -87,6 +87,7 @@ class CheckResult:
     results: list[CaseResult]
     untested: list[tuple[Case, str]]
     seconds: float
+    eager_calls: int = 0  # JAX: calls that could not be traced under jit and ran eagerly
     reproducers: dict[str, str] = dataclasses.field(default_factory=dict)  # case id -> script
     repro_notes: dict[str, str] = dataclasses.field(default_factory=dict)  # case id -> what it shows
 
@@ -169,6 +170,7 @@ def check(
             continue
         results.append(execute(target, case))
     outcome = CheckResult(impl, framework_name, signature, keywords, device, results, untested, 0.0)
+    outcome.eager_calls = getattr(fw, "eager_calls", 0)
     if repro_level is not None:
         for result in outcome.failures(repro_level)[:max_reproducers]:
             text, note = reproduce(target, fw, result, repro_level, impl, import_statement)
@@ -270,6 +272,8 @@ def render(outcome: CheckResult, level: str, max_failures: int = 10) -> str:
             lines.append(f"    {r.case.describe()}")
             if r.case.id in outcome.repro_notes:
                 lines.append(f"    reproducer on {outcome.repro_notes[r.case.id]}")
+    if outcome.eager_calls:
+        lines.append(f"\nnote: {outcome.eager_calls} calls ran eagerly (the function cannot be traced under jax.jit)")
     grade = GRADE_NAMES[outcome.grade]
     lines += ["", f"GRADE: {grade}" + ("" if outcome.grade == "strict" else _why_not_strict(outcome))]
     return "\n".join(lines)
@@ -286,19 +290,27 @@ def _why_not_strict(outcome: CheckResult) -> str:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    function, statement = load_callable(args.impl)
+    try:
+        function, statement = load_callable(args.impl)
+    except (ImportError, AttributeError, OSError, ValueError, TypeError) as error:
+        print(f"cannot load {args.impl}: {type(error).__name__}: {error}")
+        return 2
     dtypes = tuple(args.dtype or DTYPES)
-    outcome = check(
-        function,
-        impl=args.impl,
-        import_statement=statement,
-        framework_name=args.framework,
-        signature=args.signature,
-        device=args.device,
-        dtypes=dtypes,
-        repro_level=args.level,
-        max_reproducers=max(args.max_failures, 1),
-    )
+    try:
+        outcome = check(
+            function,
+            impl=args.impl,
+            import_statement=statement,
+            framework_name=args.framework,
+            signature=args.signature,
+            device=args.device,
+            dtypes=dtypes,
+            repro_level=args.level,
+            max_reproducers=max(args.max_failures, 1),
+        )
+    except (TypeError, RuntimeError) as error:  # not callable with any array library; device absent
+        print(f"p-RoPE conformance check of {args.impl}: {error}\nGRADE: NOT CONFORMANT")
+        return 1
     print(render(outcome, args.level, args.max_failures))
     if outcome.reproducers:
         if args.repro_dir is not None:

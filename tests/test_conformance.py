@@ -371,3 +371,13 @@ def test_golden_drift_is_detected(tmp_path: Path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     assert any("SPEC_VERSION 0.9" in p for p in golden.drift(copy))
     assert main(["golden", "--check", "--dir", str(copy)]) == 1
+
+
+def test_check_on_a_device_the_framework_lacks_fails(capsys):
+    assert main(["check", "--impl", "p_rope.conformance.outside:paper_numpy", "--device", "cuda"]) == 1
+    assert "NOT CONFORMANT" in capsys.readouterr().out
+
+
+def test_check_of_something_that_is_not_p_rope_fails(capsys):
+    assert main(["check", "--impl", "builtins:len"]) == 1
+    assert "could not call" in capsys.readouterr().out
