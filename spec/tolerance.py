@@ -20,10 +20,12 @@ NoPE lanes must be bit-identical at both levels.
 Why ``lam``: an implementation that computes the timescale w ** (2 i / H) in the computation dtype
 (the published code, Gemma, Hugging Face) rounds the exponent 2 i / H, and the relative error u_c
 of the exponent becomes a relative error u_c * lam of the frequency, hence of the angle. Without
-it, the published float32 code exceeds the bound by up to 3.4x for H = 1000 and w = 1e6 (measured
-by the conformance self-test); with it, the worst of the three outside implementations in
-conformance/outside.py stays below 0.8 of the bound, and 16-bit positions or angles (errors of
-2**-9 and 2**-11 of the angle) stay rejected by orders of magnitude.
+it, float32 code in the Gemma idiom exceeds the bound by up to 3.4x for H = 1000 and w = 1e6, and
+the paper's code by 2.0x for H = 200 and w = 1e7 (tests/test_conformance_selftest.py::
+test_conformant_bound_needs_the_log_timescale_term); with it, the worst of the three outside
+implementations in conformance/outside.py stays below 0.8 of the bound on H from 2 to 1000 and w
+from 2 to 1e7, and 16-bit positions or angles (errors of 2**-9 and 2**-11 of the angle) stay
+rejected by orders of magnitude.
 """
 
 from __future__ import annotations
