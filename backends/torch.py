@@ -16,7 +16,7 @@ Same names, signatures, errors and accuracy as the NumPy reference (spec/SPEC.md
 * in place (``apply_p_rope_``): writes only the 2R rotated lanes of ``inputs`` and returns it.
 * speed (eager, the default): the sin/cos tables are built once per call at [..., L, R]; out of
   place, long inputs are processed in chunks along L, each copied whole (a plain copy) and its
-  rotated lanes then overwritten while the chunk is in cache, three tensor operations per chunk
+  rotated lanes then overwritten while the chunk is in cache, four tensor operations per chunk
   and no float32 temporaries; in place, only the rotated lanes are read and written. Under
   torch.compile the rotation is the array-API core's expression, which the compiler fuses.
 
@@ -283,8 +283,8 @@ def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torc
     else:
         turns = _turns_fixed(positions.to(torch.int64)[..., None], high, low)
     # [2, ..., R]: v = (t + 1/2) mod 1 (cos), (t + 1/4) mod 1 (sin); then d = v - 1/2
-    offsets = _constant(_SINE_OFFSETS, torch.int64, device).view(2, *(1,) * turns.dim())
-    shifted = torch.bitwise_and(turns.unsqueeze(0) + offsets, _TURN_MASK)
+    offsets = _constant(_nested(_SINE_OFFSETS, turns.dim()), torch.int64, device)  # [2, 1, ...]
+    shifted = torch.bitwise_and(turns + offsets, _TURN_MASK)
     reduced = torch.abs(shifted.sub_(_HALF_TURN)).neg_().add_(_QUARTER_TURN).to(torch.float32)  # 1/4 - |d|
     angle = reduced * _UNIT_ANGLE_HI
     values = torch.sin_(angle.add_(reduced, alpha=_UNIT_ANGLE_LO))
@@ -298,9 +298,16 @@ def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> 
     runs at full speed): the turns p r_i carry an error below 2**-30 turn for |p| <= 2**24, their
     fraction is exact, so the tables are within 0.6 float32 units. Five operations."""
     turns = torch.mul(positions[..., None], revolutions).frac_()  # exact; NaN for non-finite positions
-    offsets = _constant(_ANGLE_OFFSETS, torch.float64, turns.device).view(2, *(1,) * turns.dim())
-    values = torch.sin_(torch.add(offsets, turns.unsqueeze(0), alpha=2 * math.pi)).to(torch.float32)
+    offsets = _constant(_nested(_ANGLE_OFFSETS, turns.dim()), torch.float64, turns.device)  # [2, 1, ...]
+    values = torch.sin_(torch.add(offsets, turns, alpha=2 * math.pi)).to(torch.float32)
     return RopeTables(values[0], values[1])
+
+
+def _nested(values: tuple[Any, ...], depth: int) -> tuple[Any, ...]:
+    """values as a tuple nested to shape (len(values), 1, ..., 1) with depth ones."""
+    for _ in range(depth):
+        values = tuple((value,) for value in values)
+    return values
 
 
 _ANGLE_OFFSETS = (math.pi / 2, 0.0)  # cos(a) = sin(a + pi/2)
@@ -334,13 +341,6 @@ def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, tor
     return x[..., first], x[..., second]
 
 
-def _pair_view(x: torch.Tensor, pairs: int, pairing: str) -> torch.Tensor:
-    """A [..., 2, R] view of the rotated lanes: [..., 0, :] first elements, [..., 1, :] second."""
-    if pairing == "split_half":
-        return x.unflatten(-1, (2, x.shape[-1] // 2))[..., :pairs]
-    return x[..., : 2 * pairs].unflatten(-1, (pairs, 2)).transpose(-1, -2)
-
-
 def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
     """[B'..., L, R] -> [B'..., L, 1, R] (seq_axis=-3) or [B'..., 1, L, R] (seq_axis=-2); [R]: L = 1."""
     if table.dim() == 1:
@@ -348,7 +348,8 @@ def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
     return table.unsqueeze(-2 if seq_axis == -3 else -3)
 
 
-_CHUNK_ELEMENTS = 1 << 17  # elements touched per chunk along L: a chunk stays in cache between its ops
+_CHUNK_ELEMENTS = 1 << 20  # out of place: input elements per chunk along L (copied, then rotated in cache)
+_LANE_CHUNK_ELEMENTS = 1 << 17  # in place: rotated-lane elements per chunk along L
 _SMALL_ELEMENTS = 1 << 16  # below this, one chunk: fewer, larger operations
 
 
@@ -367,21 +368,29 @@ def _chunks(seq_axis: int, elements: int, *tensors: torch.Tensor) -> Any:
         yield tuple(t if t.shape[seq_axis] == 1 else t.narrow(seq_axis, start, size) for t in tensors)
 
 
-def _rotate_chunk(xv: torch.Tensor, c: torch.Tensor, s: torch.Tensor, ov: torch.Tensor, direction: float) -> None:
-    """ov = rotation of xv: (a c - d b s, b c + d a s) for the pairs (a, b) = xv[..., 0/1, :] and
-    d = direction = +-1, computed in the tables' dtype and rounded once to ov's dtype; ov may be
-    xv itself (in place). xv, ov: [..., 2, R] pair views; c, s: tables broadcastable to [..., R]."""
-    c2 = c.unsqueeze(-2)
-    a, b = xv[..., 0, :], xv[..., 1, :]
-    if xv.dtype == c.dtype and ov.data_ptr() != xv.data_ptr():
-        torch.mul(xv, c2, out=ov)
-        ov[..., 0, :].addcmul_(b, s, value=-direction)
-        ov[..., 1, :].addcmul_(a, s, value=direction)
-    else:  # in place, or 16-bit (float32 with float64 tables): compute, then round once
-        rotated = torch.mul(xv, c2)
-        rotated[..., 0, :].addcmul_(b, s, value=-direction)
-        rotated[..., 1, :].addcmul_(a, s, value=direction)
-        ov.copy_(rotated)
+def _rotate_lanes(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    s: torch.Tensor,
+    o1: torch.Tensor,
+    o2: torch.Tensor,
+    direction: float,
+) -> None:
+    """(o1, o2) = (a c - d b s, b c + d a s) with d = direction = +-1, computed in the tables' dtype
+    and rounded once to the outputs' dtype; (o1, o2) may be (a, b) themselves (in place)."""
+    if a.dtype != c.dtype:  # 16-bit inputs (or float32 with float64 tables): compute, round once
+        t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
+        t2 = torch.mul(b, c).addcmul_(a, s, value=direction)
+        o1.copy_(t1)
+        o2.copy_(t2)
+    elif o1.data_ptr() == a.data_ptr():  # in place: a is still needed after b is written
+        t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
+        o2.mul_(c).addcmul_(a, s, value=direction)
+        o1.copy_(t1)
+    else:
+        torch.mul(a, c, out=o1).addcmul_(b, s, value=-direction)
+        torch.mul(b, c, out=o2).addcmul_(a, s, value=direction)
 
 
 def _rotate(
@@ -389,9 +398,8 @@ def _rotate(
 ) -> torch.Tensor:
     """A new tensor: x rotated by the tables (direction -1: the inverse rotation); NoPE lanes copied.
 
-    Large inputs are processed in chunks along L: each chunk is copied whole (a plain, fast copy of
-    contiguous rows), then its rotated lanes are overwritten while both chunks are still in cache;
-    without NoPE lanes the copy is skipped.
+    Large inputs go in chunks along L: each chunk is copied whole (a plain copy of contiguous rows),
+    then its rotated lanes are overwritten while it is in cache; without NoPE lanes, no copy.
     """
     pairs = cos.shape[-1]
     if torch.compiler.is_compiling():  # the array-API core, which the compiler fuses
@@ -401,16 +409,14 @@ def _rotate(
     c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
     if x.numel() <= _SMALL_ELEMENTS:
         out = x.clone()
-        _rotate_chunk(_pair_view(x, pairs, pairing), c, s, _pair_view(out, pairs, pairing), direction)
+        _rotate_lanes(*_lanes(x, pairs, pairing), c, s, *_lanes(out, pairs, pairing), direction)
         return out
     out = torch.empty_like(x)
-    if 2 * pairs == x.shape[-1]:  # no NoPE lanes
-        for xc, oc, cc, sc in _chunks(seq_axis, _CHUNK_ELEMENTS, x, out, c, s):
-            _rotate_chunk(_pair_view(xc, pairs, pairing), cc, sc, _pair_view(oc, pairs, pairing), direction)
-        return out
+    copy = 2 * pairs < x.shape[-1]  # NoPE lanes to copy
     for xc, oc, cc, sc in _chunks(seq_axis, _CHUNK_ELEMENTS, x, out, c, s):
-        oc.copy_(xc)
-        _rotate_chunk(_pair_view(xc, pairs, pairing), cc, sc, _pair_view(oc, pairs, pairing), direction)
+        if copy:
+            oc.copy_(xc)
+        _rotate_lanes(*_lanes(xc, pairs, pairing), cc, sc, *_lanes(oc, pairs, pairing), direction)
     return out
 
 
@@ -419,16 +425,15 @@ def _rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pair
     pairs = cos.shape[-1]
     if not pairs:
         return
+    x1, x2 = _lanes(x, pairs, pairing)
     c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
     if torch.compiler.is_compiling():
-        x1, x2 = _lanes(x, pairs, pairing)
         o1, o2 = rotate_pairs(x1.to(c.dtype), x2.to(c.dtype), c, s)
         x1.copy_(o1)
         x2.copy_(o2)
         return
-    xv = _pair_view(x, pairs, pairing)
-    for vc, cc, sc in _chunks(seq_axis - 1, _CHUNK_ELEMENTS // 2, xv, c.unsqueeze(-2), s.unsqueeze(-2)):
-        _rotate_chunk(vc, cc.squeeze(-2), sc.squeeze(-2), vc, 1.0)
+    for a, b, cc, sc in _chunks(seq_axis, _LANE_CHUNK_ELEMENTS, x1, x2, c, s):
+        _rotate_lanes(a, b, cc, sc, a, b, 1.0)
 
 
 def _table_gradients(
