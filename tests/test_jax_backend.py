@@ -180,9 +180,7 @@ def test_real_positions_strict(device: Any, dtype: str, positions_dtype: str) ->
         assert_conforms(out, x, positions, 256, 1e6, 0.5, scale_factor=1.5, level="strict", device=device_name(device))
 
 
-@pytest.mark.parametrize(
-    ("head_dim", "w", "scale"), [(8, 2.0, 1.0), (128, 10_000.0, 1.0), (512, 1e6, 8.0), (1024, 1e7, 1.0)]
-)
+@pytest.mark.parametrize(("head_dim", "w", "scale"), [(8, 2.0, 1.0), (512, 1e6, 8.0), (1024, 1e7, 1.0)])
 def test_float32_tables_within_spec_bound(head_dim: int, w: float, scale: float) -> None:
     """float32 tables (built under jit, where XLA could reassociate) within SPEC.md's bound of the
     exact cosine and sine, for integer and real positions up to 2**24 in magnitude."""
@@ -290,8 +288,9 @@ def test_vmap_matches_reference_per_row() -> None:
 # autodiff
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize(("pairing", "seq_axis"), [("split_half", -3), ("interleaved", -2)])
+@pytest.mark.parametrize(
+    ("dtype", "pairing", "seq_axis"), [("float32", "split_half", -3), ("bfloat16", "interleaved", -2)]
+)
 def test_vjp_is_the_reference_at_negated_positions(device: Any, dtype: str, pairing: str, seq_axis: int) -> None:
     """The transpose of a rotation is the rotation by the opposite angle: the VJP of a cotangent g
     is p-RoPE of g at -positions (SPEC.md §4), graded like any output."""
@@ -363,8 +362,12 @@ def test_check_grads_float64(pairing: str, order: int) -> None:
         positions = to_jax(rng.uniform(-50, 50, (2, 5)))
         tables = pj.p_rope_tables(positions, 8, 100.0, 0.5, dtype=jnp.float64)
         check_grads(
-            lambda v, m: pj.apply_p_rope(v, m, 8, 100.0, 0.5, pairing=pairing), (x, positions), order, modes=("rev",)
+            lambda v, m: pj.apply_p_rope(v, m, 8, 100.0, 0.5, pairing=pairing), (x, positions), 1, modes=("rev",)
         )
+        if order == 2:
+            check_grads(
+                lambda v: pj.apply_p_rope(v, positions, 8, 100.0, 0.5, pairing=pairing), (x,), 2, modes=("rev",)
+            )
         check_grads(
             lambda v, c, s: pj.apply_p_rope_tables(v, pj.RopeTables(c, s), pairing=pairing, seq_axis=-2),
             (x.transpose(0, 2, 1, 3), tables.cos, tables.sin),
@@ -410,15 +413,14 @@ SHARDING_SCRIPT = textwrap.dedent(
 
     # batch-sharded and head-sharded inputs keep their sharding, eagerly and under jit
     rope = jax.jit(pj.apply_p_rope, static_argnums=(2, 3, 4), static_argnames="seq_axis")
-    for spec, seq_axis in ((P("d"), -3), (P(None, None, "d"), -3), (P(None, "d"), -2)):
+    for spec, seq_axis, fn in ((P("d"), -3, rope), (P(None, None, "d"), -3, pj.apply_p_rope), (P(None, "d"), -2, rope)):
         x = rng.standard_normal((4, 6, 6, 128)).astype(np.float32)
         positions = rng.integers(0, 2**24, (4, 6))
         xs = jax.device_put(x, NamedSharding(mesh, spec))
-        sharded_positions = jax.device_put(positions.astype(np.int32), NamedSharding(mesh, P("d")))
-        for fn, pos in ((pj.apply_p_rope, positions), (rope, sharded_positions)):
-            out = fn(xs, pos, 128, 1e6, 0.25, seq_axis=seq_axis)
-            assert out.sharding.is_equivalent_to(xs.sharding, x.ndim), (spec, out.sharding)
-            check(out, x, positions, seq_axis=seq_axis)
+        pos = jax.device_put(positions.astype(np.int32), NamedSharding(mesh, P("d"))) if fn is rope else positions
+        out = fn(xs, pos, 128, 1e6, 0.25, seq_axis=seq_axis)
+        assert out.sharding.is_equivalent_to(xs.sharding, x.ndim), (spec, out.sharding)
+        check(out, x, positions, seq_axis=seq_axis)
     _, vjp = jax.vjp(lambda v: pj.apply_p_rope(v, positions, 128, 1e6, 0.25, seq_axis=seq_axis), xs)
     (g,) = vjp(xs)
     assert g.sharding.is_equivalent_to(xs.sharding, x.ndim), (spec, g.sharding)
@@ -633,7 +635,7 @@ def test_kv_cache_decoding(device: Any) -> None:
 def test_packed_sequences(device: Any) -> None:
     """Positions restart at each packed sequence: the result equals each sequence on its own."""
     rng = np.random.default_rng(16)
-    lengths = [5, 11, 1, 15]
+    lengths = [5, 1, 26]
     positions = np.concatenate([np.arange(n) for n in lengths])[None].repeat(2, 0)
     positions[1] += 1000  # per-row offsets
     x = normal(rng, (2, 32, 4, 128), "float32")
@@ -690,7 +692,6 @@ def test_empty_arrays(shape: tuple[int, ...]) -> None:
     ("head_dim", "p", "pairing", "dtype"),
     [
         (512, 0.25, "split_half", "float32"),
-        (64, 0.5, "interleaved", "float32"),
         (64, 1.0, "split_half", "float32"),
         (512, 0.25, "split_half", "bfloat16"),
         (64, 0.5, "interleaved", "bfloat16"),
