@@ -131,13 +131,31 @@ def _check_torch_inputs(value: object, head_dim: int, argument: str = "inputs") 
     return tensor
 
 
-def _params(
+def _checked_params(
     head_dim: object, max_wavelength: object, rope_percentage: object, rotated_pairs: object, scale_factor: object
 ) -> tuple[int, float, int, float]:
     """Checked (H, w, R, scale), in the reference's order."""
     head_dim_ = check_head_dim(head_dim)
     pairs = resolve_rotated_pairs(head_dim_, rope_percentage, rotated_pairs)
     return head_dim_, check_max_wavelength(max_wavelength), pairs, check_scale_factor(scale_factor)
+
+
+_cached_params = functools.lru_cache(maxsize=256, typed=True)(_checked_params)  # valid sets only: errors raise
+
+
+def _params(
+    head_dim: object, max_wavelength: object, rope_percentage: object, rotated_pairs: object, scale_factor: object
+) -> tuple[int, float, int, float]:
+    """_checked_params, memoized per (value, type) of every argument in eager mode (the checks cost
+    more than a small rotation); traced as is under torch.compile."""
+    args = (head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    if torch.compiler.is_compiling():
+        return _checked_params(*args)
+    try:
+        hash(args)
+    except TypeError:  # an unhashable argument: let the checks name it
+        return _checked_params(*args)
+    return _cached_params(*args)
 
 
 def _positions_on(positions: object, device: torch.device | None) -> torch.Tensor:
@@ -297,20 +315,25 @@ def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> 
     """float32 cos/sin of 2 pi frac(position * r_i) through float64 (the CPU route, where float64
     runs at full speed): the turns p r_i carry an error below 2**-30 turn for |p| <= 2**24, their
     fraction is exact, so the tables are within 0.6 float32 units. Five operations."""
-    turns = torch.mul(positions[..., None], revolutions).frac_()  # exact; NaN for non-finite positions
+    turns = torch.mul(positions.unsqueeze(-1), revolutions).frac_()  # exact; NaN for non-finite positions
     offsets = _constant(_nested(_ANGLE_OFFSETS, turns.dim()), torch.float64, turns.device)  # [2, 1, ...]
     values = torch.sin_(torch.add(offsets, turns, alpha=2 * math.pi)).to(torch.float32)
-    return RopeTables(values[0], values[1])
+    return RopeTables(*values.unbind(0))
 
 
 def _nested(values: tuple[Any, ...], depth: int) -> tuple[Any, ...]:
     """values as a tuple nested to shape (len(values), 1, ..., 1) with depth ones."""
+    nested = _NESTED.get((values, depth))
+    if nested is not None:
+        return nested
     for _ in range(depth):
         values = tuple((value,) for value in values)
     return values
 
 
 _ANGLE_OFFSETS = (math.pi / 2, 0.0)  # cos(a) = sin(a + pi/2)
+_NESTED: dict[tuple[tuple[Any, ...], int], tuple[Any, ...]] = {}
+_NESTED.update({(v, d): _nested(v, d) for v in (_ANGLE_OFFSETS, _SINE_OFFSETS) for d in range(1, 9)})
 _FLOAT64_TABLE_DEVICES = ("cpu",)  # devices whose float32 tables go through float64 (fast there)
 
 
