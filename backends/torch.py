@@ -371,7 +371,7 @@ def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
     return table.unsqueeze(-2 if seq_axis == -3 else -3)
 
 
-_CHUNK_ELEMENTS = 1 << 20  # out of place: input elements per chunk along L (copied, then rotated in cache)
+_CHUNK_ELEMENTS = 1 << 18  # out of place: input elements per chunk along L (copied, then rotated in cache)
 _LANE_CHUNK_ELEMENTS = 1 << 17  # in place: rotated-lane elements per chunk along L
 _SMALL_ELEMENTS = 1 << 16  # below this, one chunk: fewer, larger operations
 
