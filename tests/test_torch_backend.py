@@ -258,7 +258,6 @@ def test_random_calls_agree_with_reference(
 
 def test_chunked_rotation_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     """Long sequences are rotated in chunks along L, tables broadcast or not; every chunk conforms."""
-    monkeypatch.setattr(pt, "_CHUNK_ELEMENTS", 200)
     monkeypatch.setattr(pt, "_LANE_CHUNK_ELEMENTS", 50)
     monkeypatch.setattr(pt, "_SMALL_ELEMENTS", 0)
     rng = np.random.default_rng(5)
