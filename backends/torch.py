@@ -409,7 +409,7 @@ def _rotate_lanes(
         t2 = torch.mul(b, c).addcmul_(a, s, value=direction)
         o1.copy_(t1)
         o2.copy_(t2)
-    elif o1.data_ptr() == a.data_ptr():  # in place: a is still needed after b is written
+    elif o1 is a:  # in place: a is still needed after b is written
         t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
         o2.mul_(c).addcmul_(a, s, value=direction)
         o1.copy_(t1)
