@@ -549,7 +549,10 @@ def frequencies(
 def _table_dtype(dtype: object) -> torch.dtype:
     if dtype is None:
         return torch.float32
-    name = _torch_dtype_name(dtype) if isinstance(dtype, torch.dtype) else str(dtype)
+    if isinstance(dtype, torch.dtype):
+        name = _torch_dtype_name(dtype)
+    else:  # "float64", numpy.float64, numpy.dtype("float64")
+        name = str(getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or dtype)
     if name not in POSITION_FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64; got {name}")
     return torch.float64 if name == "float64" else torch.float32
@@ -591,8 +594,7 @@ def apply_p_rope_tables(
     check_positions_shape(tuple(cos.shape[:-1]), tuple(x.shape), seq_axis_, "tables")
     if cos.dtype != sin.dtype:
         sin = sin.to(cos.dtype)
-    if cos.device != x.device:
-        cos, sin = cos.to(x.device), sin.to(x.device)
+    cos, sin = cos.to(x.device), sin.to(x.device)  # no-ops where they already are
     return _apply_rotation(x, RopeTables(cos, sin), pairing_, seq_axis_)
 
 

@@ -210,6 +210,8 @@ def test_float64_tables_match_reference() -> None:
 
 
 def test_frequencies_match_reference() -> None:
+    for dtype in ("float64", np.float64, np.dtype("float64")):
+        assert pt.frequencies(8, dtype=dtype).dtype == torch.float64
     freq64 = pt.frequencies(512, 1e6, 0.25, dtype=torch.float64)
     freq32 = pt.frequencies(512, 1e6, 0.25)
     exact = p_rope.frequencies(512, 1e6, 0.25)
