@@ -437,8 +437,18 @@ def _rotate(
         _rotate_lanes(*_lanes(x, pairs, pairing), c, s, *_lanes(out, pairs, pairing), direction)
         return out
     out = torch.empty_like(x)
+    elements = _LANE_CHUNK_ELEMENTS * x.shape[-1] // pairs
+    if 2 * pairs == x.shape[-1] and pairing == "split_half" and x.dtype == c.dtype:
+        # no NoPE lanes: x times [cos, cos] over whole rows (longer, faster loops), then the sin terms
+        c_rows = torch.cat([c, c], dim=-1)
+        for xc, oc, sc, rc in _chunks(seq_axis, elements, x, out, s, c_rows):
+            a, b = _lanes(xc, pairs, pairing)
+            o1, o2 = _lanes(torch.mul(xc, rc, out=oc), pairs, pairing)
+            o1.addcmul_(b, sc, value=-direction)
+            o2.addcmul_(a, sc, value=direction)
+        return out
     copy = 2 * pairs < x.shape[-1]  # NoPE lanes to copy
-    for xc, oc, cc, sc in _chunks(seq_axis, _LANE_CHUNK_ELEMENTS * x.shape[-1] // pairs, x, out, c, s):
+    for xc, oc, cc, sc in _chunks(seq_axis, elements, x, out, c, s):
         if copy:
             oc.copy_(xc)
         _rotate_lanes(*_lanes(xc, pairs, pairing), cc, sc, *_lanes(oc, pairs, pairing), direction)
