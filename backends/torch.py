@@ -441,7 +441,7 @@ def _rotate(
     if 2 * pairs == x.shape[-1] and pairing == "split_half" and x.dtype == c.dtype:
         # no NoPE lanes: x times [cos, cos] over whole rows (longer, faster loops), then the sin terms
         c_rows = torch.cat([c, c], dim=-1)
-        for xc, oc, sc, rc in _chunks(seq_axis, elements, x, out, s, c_rows):
+        for xc, oc, sc, rc in _chunks(seq_axis, 2 * elements, x, out, s, c_rows):
             a, b = _lanes(xc, pairs, pairing)
             o1, o2 = _lanes(torch.mul(xc, rc, out=oc), pairs, pairing)
             o1.addcmul_(b, sc, value=-direction)
