@@ -4,7 +4,8 @@
     python bench/run.py --quick              # smoke run: small shapes, float32 only, 3 repetitions
     python bench/run.py --device cuda        # on a GPU (adds flash-attn's rotary where head_dim <= 256)
     python bench/run.py --out BENCHMARKS.md --json reports/bench/cpu.json
-    python bench/run.py --include reports/bench/cuda.json   # add a section measured in another run
+    python bench/run.py --device cuda --include reports/bench/cpu.json
+                                             # on a GPU machine: GPU section + this project's CPU section
 
 Measured for each layer (a Gemma 4 global layer: H = 512, p = 0.25, w = 1e6, N = 8; a Llama-like
 layer: H = 128, p = 1, w = 1e4, N = 32), each mode (prefill B = 1, L = 4096; decode B = 32, L = 1)
@@ -67,6 +68,21 @@ KIND_LABEL = {
     "tables": "tables only",
     "qk": "q and k, end to end",
     "copy": "copy",
+}
+
+
+# column heads of the ratio tables
+SHORT = {
+    "HF transformers Gemma 4": "HF, end to end",
+    "HF transformers Gemma 4: rotary embedding": "HF, tables",
+    "HF transformers Gemma 4: apply_rotary_pos_emb": "HF, apply-only",
+    "HF transformers Gemma 4: q and k": "HF, q and k",
+    "rotate_half, torch eager": "rotate_half eager",
+    "rotate_half, torch eager: q and k": "rotate_half eager, q and k",
+    "rotate_half, torch.compile": "rotate_half compiled",
+    "paper / Gemma JAX apply_rope, jax.jit": "paper JAX jit",
+    "paper / Gemma JAX apply_rope, jax.jit: q and k": "paper JAX jit, q and k",
+    "flash-attn rotary (cached tables)": "flash-attn, apply-only",
 }
 
 
@@ -673,7 +689,7 @@ def case_tables(case: CaseResult) -> list[str]:
     others = [r for r in case.results if r.role == "baseline" and r.median is not None]
     if ours and others:
         lines += ["", "ours ÷ each baseline of the same kind (below 1: ours is faster):", ""]
-        lines.append("| ours \\ baseline | " + " | ".join(f"{b.name} ({KIND_LABEL[b.kind]})" for b in others) + " |")
+        lines.append("| ours \\ baseline | " + " | ".join(SHORT.get(b.name, b.name) for b in others) + " |")
         lines.append("|---|" + "---:|" * len(others))
         for r in ours:
             cells = [fmt_ratio(ratio(r, b)) if KIND_GROUP[r.kind] == KIND_GROUP[b.kind] else "" for b in others]
@@ -934,7 +950,9 @@ def render(sections: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small shapes, float32 only, 3 repetitions")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "auto"), default="cpu", help="auto: cuda when torch sees one, else cpu"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="the Markdown report (default BENCHMARKS.md; with --quick a temp file)"
     )
@@ -958,6 +976,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: torch sees no CUDA device", file=sys.stderr)
         return 2
