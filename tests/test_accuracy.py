@@ -166,7 +166,7 @@ def real_positions(rng: np.random.Generator, shape: tuple[int, int], dtype: str)
     count = shape[0] * shape[1]
     magnitude = 2.0 ** rng.uniform(-10, 24, count) * rng.choice([-1, 1], count)
     positions = magnitude.astype(dtype)
-    positions[:4] = [MAX_POSITION, -MAX_POSITION, 0.5, MAX_POSITION - 0.5 if dtype == "float64" else 2.0**23 + 0.5]
+    positions[:4] = [MAX_POSITION, -MAX_POSITION, 0.5, MAX_POSITION - 0.5 if dtype == "float64" else 2.0**22 + 0.5]
     return positions.reshape(shape)
 
 
