@@ -1,0 +1,75 @@
+"""The one assertion helper of the test suite: value, dtype, shape and device checked together."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from p_rope import tolerance
+
+_PLATFORMS = {"gpu": "cuda", "cuda": "cuda", "rocm": "cuda", "cpu": "cpu", "tpu": "tpu", "mps": "mps"}
+
+
+def device_of(array: Any) -> str:
+    """'cpu', 'cuda', 'tpu' or 'mps' for a NumPy, JAX or torch array (NumPy arrays live on 'cpu')."""
+    if isinstance(array, np.ndarray):
+        return "cpu"
+    if "torch" in sys.modules and isinstance(array, sys.modules["torch"].Tensor):
+        return str(array.device.type)
+    devices = getattr(array, "devices", None)
+    if callable(devices):  # jax.Array (possibly sharded over several devices of one platform)
+        platforms = {_PLATFORMS.get(d.platform, d.platform) for d in devices()}
+        (platform,) = platforms
+        return platform
+    return str(getattr(array, "device", "cpu")).split(":")[0]
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """A host NumPy copy; bfloat16 becomes an ml_dtypes.bfloat16 array, bit for bit."""
+    if isinstance(array, np.ndarray):
+        return array
+    if "torch" in sys.modules and isinstance(array, sys.modules["torch"].Tensor):
+        torch = sys.modules["torch"]
+        array = array.detach().cpu()
+        if array.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return array.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return array.numpy()
+    return np.asarray(array)
+
+
+def dtype_name(array: Any) -> str:
+    return str(array.dtype).rsplit(".", 1)[-1]
+
+
+def assert_conforms(
+    out: Any,
+    inputs: np.ndarray,
+    positions: np.ndarray,
+    head_dim: int,
+    max_wavelength: float = 10_000,
+    rope_percentage: float = 1.0,
+    *,
+    device: str = "cpu",
+    level: str = "conformant",
+    **kwargs: Any,
+) -> tolerance.Grade:
+    """Assert that out is apply_p_rope(inputs, positions, ...) at SPEC.md's level ``level``:
+    same shape, same dtype as inputs, on ``device`` ('cpu', 'cuda', 'tpu', 'mps'), NoPE lanes
+    bit-identical, rotated lanes within the level's bound of the float64 reference.
+    Returns the grade for further checks."""
+    assert tuple(out.shape) == inputs.shape, f"shape {tuple(out.shape)} != {inputs.shape}"
+    assert dtype_name(out) == inputs.dtype.name, f"dtype {dtype_name(out)} != {inputs.dtype.name}"
+    assert device_of(out) == device.split(":")[0], f"device {device_of(out)} != {device}"
+    result = tolerance.grade(
+        to_numpy(out), inputs, np.asarray(positions), head_dim, max_wavelength, rope_percentage, **kwargs
+    )
+    assert result.nope_identical, "NoPE lanes differ from the input"
+    assert result.ratio[level] <= 1.0, (
+        f"error {result.ratio[level]:.3g} x the {level} bound at index {result.worst} "
+        f"(max abs error {result.max_abs_error:.3g})"
+    )
+    return result
