@@ -25,6 +25,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 TORCH = os.environ.get("P_ROPE_TORCH", "torch==2.13.0")
+JAX = os.environ.get("P_ROPE_JAX", "jax")  # e.g. "jax[cuda12]" or "jax[tpu]" on accelerator runners
 SOURCES = ["spec", "backends", "conformance", "tools", "bench", "tests", "noxfile.py"]
 CONFORMANCE_DIR = "reports/conformance"
 
@@ -34,11 +35,11 @@ CONFORMANCE_GROUPS = {
         "install": [".[array-api,conformance]", "array-api-strict>=2.2"],
         "backends": ["reference", "array_api:numpy", "array_api:strict"],
     },
-    "jax": {"install": [".[jax,conformance]"], "backends": ["jax", "array_api:jax"]},
+    "jax": {"install": [JAX, ".[jax,conformance]"], "backends": ["jax", "array_api:jax"]},
     "torch": {"install": [TORCH, ".[torch,conformance]"], "backends": ["torch", "array_api:torch"]},
     # The vendored single files run where the project's backends are not installed: only the
     # framework, array-api-compat and the (NumPy-only) reference plus suite that grade them.
-    "vendor-jax": {"install": ["jax", "array-api-compat>=1.11", ".[conformance]"], "backends": ["vendor:jax"]},
+    "vendor-jax": {"install": [JAX, "array-api-compat>=1.11", ".[conformance]"], "backends": ["vendor:jax"]},
     "vendor-torch": {
         "install": [TORCH, "array-api-compat>=1.11", ".[conformance]"],
         "backends": ["vendor:torch"],
@@ -51,14 +52,21 @@ CONFORMANCE_GROUPS = {
 def conformance(session: nox.Session, group: str) -> None:
     """Run the conformance suite for one group of backends (all groups: `nox -s conformance`)."""
     spec = CONFORMANCE_GROUPS[group]
+    session.notify("conformance_report")  # queued first, so the matrix is printed even when a run fails
     for requirement in spec["install"]:
         session.install(requirement)
     for backend in spec["backends"]:
         session.run(
-            "python", "-m", "p_rope.conformance", "run", "--backend", backend, "--out", CONFORMANCE_DIR,
+            "python",
+            "-m",
+            "p_rope.conformance",
+            "run",
+            "--backend",
+            backend,
+            "--out",
+            CONFORMANCE_DIR,
             *session.posargs,
         )
-    session.notify("conformance_report")
 
 
 @nox.session(python=PYTHON)

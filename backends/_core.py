@@ -73,7 +73,7 @@ def check_inputs(value: Any, head_dim: int, argument: str = "inputs") -> str:
     return name
 
 
-def as_positions(xp: Any, positions: object, like: Any) -> Any:
+def as_positions(xp: Any, positions: Any, like: Any) -> Any:
     """positions as an array on like's device, with its dtype checked (SPEC.md, "Positions")."""
     if not array_api_compat.is_array_api_obj(positions):
         positions = xp.asarray(positions)
@@ -117,18 +117,20 @@ def _frac(xp: Any, t: Any) -> Any:
 
 def _position_chunks(xp: Any, positions: Any) -> tuple[Any, Any, Any | None, Any | None]:
     """Split positions p = 4096 hi + mid + fa + fb, each piece cast exactly to float32:
-    hi and mid are integers below 4096 (for |p| < 2**24), fa a multiple of 2**-12 below 1,
-    fb below 2**-12. Integer positions have no fa, fb."""
+    hi and mid are integers below 4096 in magnitude (for |p| < 2**24), fa a multiple of 2**-12
+    below 1, fb below 2**-12. Real positions are split toward zero (trunc), so every piece keeps
+    p's sign and each subtraction is exact; floor would round for negative non-integers.
+    Integer positions have no fa, fb."""
     f32 = xp.float32
     if is_integer_dtype(dtype_name(positions.dtype)):
         hi = positions // (1 << CHUNK_BITS)
         mid = positions - hi * (1 << CHUNK_BITS)
         return xp.astype(hi, f32), xp.astype(mid, f32), None, None
-    hi = xp.floor(positions / _CHUNK)
+    hi = xp.trunc(positions / _CHUNK)
     rest = positions - hi * _CHUNK
-    mid = xp.floor(rest)
+    mid = xp.trunc(rest)
     frac = rest - mid
-    fa = xp.floor(frac * _CHUNK) / _CHUNK
+    fa = xp.trunc(frac * _CHUNK) / _CHUNK
     fb = frac - fa
     return xp.astype(hi, f32), xp.astype(mid, f32), xp.astype(fa, f32), xp.astype(fb, f32)
 
@@ -186,6 +188,12 @@ def float64_tables(
 
 def build_tables(xp, positions, head_dim, max_wavelength, pairs, scale_factor, dtype_name_: str) -> RopeTables:
     build = exact_tables if dtype_name_ == "float32" else float64_tables
+    if array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_array_api_strict_namespace(xp):
+        import numpy  # already imported by these namespaces
+
+        # Non-finite positions give NaN tables (SPEC.md, "Special values"), silently as elsewhere.
+        with numpy.errstate(invalid="ignore", over="ignore"):
+            return build(xp, positions, head_dim, max_wavelength, pairs, scale_factor)
     return build(xp, positions, head_dim, max_wavelength, pairs, scale_factor)
 
 

@@ -6,7 +6,6 @@ import sys
 from typing import Any
 
 import numpy as np
-
 from p_rope import tolerance
 
 _PLATFORMS = {"gpu": "cuda", "cuda": "cuda", "rocm": "cuda", "cpu": "cpu", "tpu": "tpu", "mps": "mps"}
@@ -23,7 +22,8 @@ def device_of(array: Any) -> str:
         platforms = {_PLATFORMS.get(d.platform, d.platform) for d in devices()}
         (platform,) = platforms
         return platform
-    return str(getattr(array, "device", "cpu")).split(":")[0]
+    device = str(getattr(array, "device", "cpu"))  # e.g. array_api_strict.Device('CPU_DEVICE')
+    return "cpu" if "cpu" in device.lower() else device.split(":")[0]
 
 
 def to_numpy(array: Any) -> np.ndarray:
@@ -38,7 +38,10 @@ def to_numpy(array: Any) -> np.ndarray:
 
             return array.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return array.numpy()
-    return np.asarray(array)
+    try:
+        return np.asarray(array)
+    except (TypeError, ValueError, RuntimeError):  # array_api_strict: no __array__, but DLPack
+        return np.from_dlpack(array)
 
 
 def dtype_name(array: Any) -> str:

@@ -292,11 +292,6 @@ def test_exact_tables_accuracy(head_dim: int, w: float, s: float, kind: str) -> 
     assert error <= 2.5 * ULP
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="backends/_core.py _position_chunks splits real positions with floor: for negative float32 "
-    "positions 'positions - hi * 4096' rounds (use trunc); reported to the lead",
-)
 def test_exact_tables_negative_float32_positions() -> None:
     pos = -np.random.default_rng(5).uniform(0, 5000, 20_000).astype(np.float32)
     tables = exact_tables(xp_numpy, pos, 128, 10_000.0, 64, 1.0)

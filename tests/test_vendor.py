@@ -125,6 +125,14 @@ def test_vendored_file_alone(name: str, tmp_path: Path) -> None:
         x = arrays[f"x{i}"].astype(np_dtype)
         out = outputs[f"out{i}"].astype(np_dtype)  # exact: the outputs were widened to float32
         assert_conforms(
-            out, x, arrays[f"pos{i}"], head_dim, w, p, level="strict",
-            pairing=pairing, seq_axis=seq_axis, scale_factor=scale,
+            out,
+            x,
+            arrays[f"pos{i}"],
+            head_dim,
+            w,
+            p,
+            level="strict",
+            pairing=pairing,
+            seq_axis=seq_axis,
+            scale_factor=scale,
         )

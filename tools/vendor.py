@@ -131,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             current = target.read_text() if target.exists() else ""
             if current != text:
                 stale.append(name)
-                sys.stdout.writelines(difflib.unified_diff(
-                    current.splitlines(True), text.splitlines(True), str(target), f"{name} (fresh)", n=1))
+                sys.stdout.writelines(
+                    difflib.unified_diff(
+                        current.splitlines(True), text.splitlines(True), str(target), f"{name} (fresh)", n=1
+                    )
+                )
         else:
             target.write_text(text)
             print(f"wrote {target.relative_to(ROOT)}")
