@@ -26,6 +26,7 @@ from p_rope.backends._core import (  # vendor: inline
     dtype_name,
     expand_table,
     prepare,
+    quietly,
     resolve,
     rotate,
     rotate_pairs,
@@ -86,7 +87,7 @@ def apply_p_rope_tables(inputs: Any, tables: RopeTables, *, pairing: str = "spli
     """Rotate inputs by precomputed tables; see SPEC.md "API"."""
     pairing, seq_axis = check_apply_tables(inputs, tables, pairing, seq_axis)
     xp = array_api_compat.array_namespace(inputs)
-    return rotate(xp, inputs, RopeTables(*tables), pairing, seq_axis)
+    return quietly(xp, rotate, xp, inputs, RopeTables(*tables), pairing, seq_axis)
 
 
 def apply_p_rope(
@@ -106,7 +107,7 @@ def apply_p_rope(
         inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
     tables = build_tables(xp, positions, *params, compute)
-    return rotate(xp, inputs, tables, pairing, seq_axis)
+    return quietly(xp, rotate, xp, inputs, tables, pairing, seq_axis)
 
 
 def apply_p_rope_(
@@ -132,8 +133,13 @@ def apply_p_rope_(
     if pairs:
         first, second = rotated_lane_slices(inputs.shape[-1], pairs, pairing)
         cos, sin = expand_table(xp, tables.cos, seq_axis), expand_table(xp, tables.sin, seq_axis)
-        o1, o2 = rotate_pairs(
-            xp.astype(inputs[..., first], cos.dtype), xp.astype(inputs[..., second], cos.dtype), cos, sin
+        o1, o2 = quietly(
+            xp,
+            rotate_pairs,
+            xp.astype(inputs[..., first], cos.dtype),
+            xp.astype(inputs[..., second], cos.dtype),
+            cos,
+            sin,
         )
         inputs[..., first] = xp.astype(o1, inputs.dtype)
         inputs[..., second] = xp.astype(o2, inputs.dtype)
@@ -162,4 +168,4 @@ def apply_p_rope_qk(
     if compute_dtype_name(dtype_name(k.dtype)) != compute:
         compute = "float64"
     tables = build_tables(xp, positions, *params, compute)
-    return rotate(xp, q, tables, pairing, seq_axis), rotate(xp, k, tables, pairing, seq_axis)
+    return quietly(xp, rotate, xp, q, tables, pairing, seq_axis), quietly(xp, rotate, xp, k, tables, pairing, seq_axis)

@@ -410,13 +410,18 @@ def float64_tables(
 
 def build_tables(xp, positions, head_dim, max_wavelength, pairs, scale_factor, dtype_name_: str) -> RopeTables:
     build = exact_tables if dtype_name_ == "float32" else float64_tables
+    return quietly(xp, build, xp, positions, head_dim, max_wavelength, pairs, scale_factor)
+
+
+def quietly(xp: Any, fn: Any, *args: Any) -> Any:
+    """fn(*args), with NumPy's floating-point warnings off where xp is NumPy-backed: SPEC.md defines
+    what non-finite positions and inf * 0 give (NaN; "Special values"), so they are not warnings."""
     if array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_array_api_strict_namespace(xp):
         import numpy  # already imported by these namespaces
 
-        # Non-finite positions give NaN tables (SPEC.md, "Special values"), silently as elsewhere.
         with numpy.errstate(invalid="ignore", over="ignore"):
-            return build(xp, positions, head_dim, max_wavelength, pairs, scale_factor)
-    return build(xp, positions, head_dim, max_wavelength, pairs, scale_factor)
+            return fn(*args)
+    return fn(*args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,7 +573,7 @@ def apply_p_rope_tables(inputs: Any, tables: RopeTables, *, pairing: str = "spli
     """Rotate inputs by precomputed tables; see SPEC.md "API"."""
     pairing, seq_axis = check_apply_tables(inputs, tables, pairing, seq_axis)
     xp = array_api_compat.array_namespace(inputs)
-    return rotate(xp, inputs, RopeTables(*tables), pairing, seq_axis)
+    return quietly(xp, rotate, xp, inputs, RopeTables(*tables), pairing, seq_axis)
 
 
 def apply_p_rope(
@@ -588,7 +593,7 @@ def apply_p_rope(
         inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
     tables = build_tables(xp, positions, *params, compute)
-    return rotate(xp, inputs, tables, pairing, seq_axis)
+    return quietly(xp, rotate, xp, inputs, tables, pairing, seq_axis)
 
 
 def apply_p_rope_(
@@ -614,8 +619,13 @@ def apply_p_rope_(
     if pairs:
         first, second = rotated_lane_slices(inputs.shape[-1], pairs, pairing)
         cos, sin = expand_table(xp, tables.cos, seq_axis), expand_table(xp, tables.sin, seq_axis)
-        o1, o2 = rotate_pairs(
-            xp.astype(inputs[..., first], cos.dtype), xp.astype(inputs[..., second], cos.dtype), cos, sin
+        o1, o2 = quietly(
+            xp,
+            rotate_pairs,
+            xp.astype(inputs[..., first], cos.dtype),
+            xp.astype(inputs[..., second], cos.dtype),
+            cos,
+            sin,
         )
         inputs[..., first] = xp.astype(o1, inputs.dtype)
         inputs[..., second] = xp.astype(o2, inputs.dtype)
@@ -644,4 +654,4 @@ def apply_p_rope_qk(
     if compute_dtype_name(dtype_name(k.dtype)) != compute:
         compute = "float64"
     tables = build_tables(xp, positions, *params, compute)
-    return rotate(xp, q, tables, pairing, seq_axis), rotate(xp, k, tables, pairing, seq_axis)
+    return quietly(xp, rotate, xp, q, tables, pairing, seq_axis), quietly(xp, rotate, xp, k, tables, pairing, seq_axis)

@@ -436,13 +436,18 @@ def float64_tables(
 
 def build_tables(xp, positions, head_dim, max_wavelength, pairs, scale_factor, dtype_name_: str) -> RopeTables:
     build = exact_tables if dtype_name_ == "float32" else float64_tables
+    return quietly(xp, build, xp, positions, head_dim, max_wavelength, pairs, scale_factor)
+
+
+def quietly(xp: Any, fn: Any, *args: Any) -> Any:
+    """fn(*args), with NumPy's floating-point warnings off where xp is NumPy-backed: SPEC.md defines
+    what non-finite positions and inf * 0 give (NaN; "Special values"), so they are not warnings."""
     if array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_array_api_strict_namespace(xp):
         import numpy  # already imported by these namespaces
 
-        # Non-finite positions give NaN tables (SPEC.md, "Special values"), silently as elsewhere.
         with numpy.errstate(invalid="ignore", over="ignore"):
-            return build(xp, positions, head_dim, max_wavelength, pairs, scale_factor)
-    return build(xp, positions, head_dim, max_wavelength, pairs, scale_factor)
+            return fn(*args)
+    return fn(*args)
 
 
 # ---------------------------------------------------------------------------------------------
