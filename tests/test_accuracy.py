@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from p_rope.tolerance import ABSOLUTE_TERM, UNIT_ROUNDOFF
 
-from tests.helpers import assert_conforms
+from tests.helpers import assert_conforms, to_numpy
 
 MAX_POSITION = 2**24
 STRICT_EPS = 9 * 2.0**-24  # strict level, float32 output: err <= nx (2**-24 + 8 2**-24) + s_out
@@ -104,25 +104,6 @@ BACKENDS = [
     Backend("torch:cpu", "p_rope.backends.torch", "torch", "cpu"),
     Backend("torch:cuda", "p_rope.backends.torch", "torch", "cuda"),
 ]
-
-
-def to_numpy(value: Any) -> np.ndarray:
-    """A NumPy copy of any backend's output, bfloat16 as ml_dtypes.bfloat16, bit for bit."""
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    module = type(value).__module__
-    if module.startswith("torch"):
-        import torch
-
-        value = value.detach().contiguous().cpu()
-        if value.dtype == torch.bfloat16:
-            import ml_dtypes
-
-            return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return value.numpy()
-    if module.startswith("array_api_strict"):
-        return np.from_dlpack(value).copy()
-    return np.asarray(value).copy()
 
 
 def numpy_dtype(name: str) -> Any:
