@@ -208,6 +208,8 @@ def quietly(xp: Any, fn: Any, *args: Any) -> Any:
 
 def expand_table(xp: Any, table: Any, seq_axis: int) -> Any:
     """[B'..., L, R] -> [B'..., L, 1, R] (seq_axis=-3) or [B'..., 1, L, R] (seq_axis=-2)."""
+    if table.ndim < 2:  # a scalar position: an L axis of 1
+        table = xp.reshape(table, (1, table.shape[-1]))
     return xp.expand_dims(table, axis=-2 if seq_axis == -3 else -3)
 
 

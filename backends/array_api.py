@@ -128,6 +128,8 @@ def apply_p_rope_(
     )
     if array_api_compat.is_jax_array(inputs):
         raise TypeError("apply_p_rope_ writes into inputs, and JAX arrays are immutable; use apply_p_rope")
+    if getattr(getattr(inputs, "flags", None), "writeable", True) is False:  # a read-only NumPy array
+        raise ValueError("inputs is read-only; apply_p_rope_ writes into it")
     tables = build_tables(xp, positions, *params, compute)
     pairs = params[2]
     if pairs:

@@ -60,6 +60,7 @@ from p_rope.backends._core import (  # vendor: inline
     check_inputs,
     compute_dtype_name,
     dtype_name,
+    expand_table,
     float64_tables,
     is_integer_dtype,
     resolve,
@@ -338,11 +339,6 @@ def _tables_jvp(spec: _TableSpec, primals: tuple, tangents: tuple) -> tuple[Rope
 # the rotation: only the 2R rotated lanes are read and computed, then written into a copy of x
 
 
-def _table_axis(seq_axis: int) -> int:
-    """Where tables [B'..., L, R] get the heads axis: [..., L, 1, R] or [..., 1, L, R]."""
-    return -2 if seq_axis == -3 else -3
-
-
 def _pair_lanes(x: jax.Array, pairs: int, pairing: str) -> tuple[jax.Array, jax.Array]:
     """(x1, x2), the first and second elements of the rotated pairs, [..., R] each. Both are read
     through one strided view of x ([..., 2, H/2] or [..., H/2, 2]), which XLA reads straight from
@@ -391,8 +387,7 @@ def _rotate_lanes(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, se
     pairs = cos.shape[-1]
     if pairs == 0:
         return x
-    axis = _table_axis(seq_axis)
-    c, s = jnp.expand_dims(cos, axis), jnp.expand_dims(sin, axis)
+    c, s = expand_table(jnp, cos, seq_axis), expand_table(jnp, sin, seq_axis)
     if pairs == x.shape[-1] // 2:  # no NoPE lanes: one fused pass writes the output
         return _rotated_pairs(x, c, s, pairing).reshape(x.shape)
     if x.dtype == jnp.bfloat16:

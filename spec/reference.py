@@ -148,6 +148,7 @@ def _lanes(head_dim: int, pairs: int, pairing: str) -> tuple[np.ndarray, np.ndar
 
 def _expand_tables(table: np.ndarray, seq_axis: int) -> np.ndarray:
     """[B'..., L, R] -> broadcastable against the rotated lanes [B..., L, N, R] / [B..., N, L, R]."""
+    table = table.reshape((1,) * (2 - table.ndim) + table.shape)  # a scalar position: an L axis of 1
     return np.expand_dims(table, -2 if seq_axis == -3 else -3)
 
 

@@ -117,12 +117,13 @@ def error_map(
 ) -> ErrorMap:
     """Compare outputs (NumPy, same shape as inputs) of apply_p_rope with the exact result, pair by pair.
 
-    Special values (SPEC.md, "Special values"): where the exact value is non-finite (a NaN or infinite
-    input in the pair, a non-finite position) any non-finite output is right; where the exact value
+    Special values (SPEC.md, "Special values"): where a position is non-finite the output must be NaN;
+    where the exact value is non-finite because of a NaN or infinite input in the pair, any non-finite
+    output is right; where the exact value
     overflows the output dtype, the infinity of its sign is right. Otherwise a non-finite output is an
     infinite error.
     """
-    positions = np.asarray(positions)
+    positions = np.broadcast_to(np.asarray(positions), P.positions_target_shape(inputs.shape, seq_axis))
     pairs = P.resolve_rotated_pairs(head_dim, rope_percentage, rotated_pairs)
     exact = apply_p_rope_tables(
         inputs.astype(np.float64),
@@ -139,14 +140,16 @@ def error_map(
     x64 = inputs.astype(np.float64)
 
     overflow = OVERFLOW_THRESHOLD[np.dtype(inputs.dtype).name]
+    where = -2 if seq_axis == -3 else -3
+    # A non-finite position must give NaN (SPEC.md section 6), not merely a non-finite value.
+    bad_position = np.expand_dims(~np.isfinite(positions.astype(np.float64)), (where, -1))
 
     def lane_error(lanes: np.ndarray) -> np.ndarray:
         o, y = out64[..., lanes], exact[..., lanes]
         with np.errstate(invalid="ignore"):
             e = np.abs(o - y)
-            right = (
-                (o == y) | (~np.isfinite(o) & ~np.isfinite(y)) | ((np.abs(y) >= overflow) & (o == np.sign(y) * np.inf))
-            )
+            nonfinite_right = np.where(bad_position, np.isnan(o), ~np.isfinite(o)) & ~np.isfinite(y)
+            right = (o == y) | nonfinite_right | ((np.abs(y) >= overflow) & (o == np.sign(y) * np.inf))
         e = np.where(right, 0.0, e)
         return np.where(np.isnan(e), np.inf, e)
 
@@ -154,7 +157,6 @@ def error_map(
     with np.errstate(invalid="ignore", over="ignore"):
         norm = np.hypot(x64[..., first], x64[..., second])
     freq = frequencies(head_dim, max_wavelength, rotated_pairs=pairs, scale_factor=scale_factor)[:pairs]
-    where = -2 if seq_axis == -3 else -3
     position = np.expand_dims(np.abs(positions.astype(np.float64)), -1)
     theta = np.expand_dims(position * freq, where)
     position = np.broadcast_to(np.expand_dims(position, where), err.shape)

@@ -430,6 +430,8 @@ def quietly(xp: Any, fn: Any, *args: Any) -> Any:
 
 def expand_table(xp: Any, table: Any, seq_axis: int) -> Any:
     """[B'..., L, R] -> [B'..., L, 1, R] (seq_axis=-3) or [B'..., 1, L, R] (seq_axis=-2)."""
+    if table.ndim < 2:  # a scalar position: an L axis of 1
+        table = xp.reshape(table, (1, table.shape[-1]))
     return xp.expand_dims(table, axis=-2 if seq_axis == -3 else -3)
 
 
@@ -614,6 +616,8 @@ def apply_p_rope_(
     )
     if array_api_compat.is_jax_array(inputs):
         raise TypeError("apply_p_rope_ writes into inputs, and JAX arrays are immutable; use apply_p_rope")
+    if getattr(getattr(inputs, "flags", None), "writeable", True) is False:  # a read-only NumPy array
+        raise ValueError("inputs is read-only; apply_p_rope_ writes into it")
     tables = build_tables(xp, positions, *params, compute)
     pairs = params[2]
     if pairs:
