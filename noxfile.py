@@ -93,7 +93,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    session.install("mypy>=1.10", ".[array-api,conformance]")
+    session.install(TORCH)  # checked against the real frameworks, as the backends use them
+    session.install("mypy>=1.10", ".[jax,torch,array-api,conformance]")
     session.run("mypy", "spec", "backends", "conformance", "tools", "bench")
 
 

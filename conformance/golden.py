@@ -88,8 +88,9 @@ def generate() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         data = case.materialize()
         x, positions = data.inputs, data.positions
         pairs = case.pairs
-        kw = dict(rotated_pairs=pairs, scale_factor=case.scale_factor)
-        tables64 = p_rope.p_rope_tables(positions, case.head_dim, case.max_wavelength, **kw)
+        tables64 = p_rope.p_rope_tables(
+            positions, case.head_dim, case.max_wavelength, rotated_pairs=pairs, scale_factor=case.scale_factor
+        )
         with np.errstate(invalid="ignore", over="ignore"):
             exact = p_rope.apply_p_rope_tables(
                 x.astype(np.float64), tables64, pairing=case.pairing, seq_axis=case.seq_axis
@@ -105,7 +106,9 @@ def generate() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                 pairing=case.pairing,
                 seq_axis=case.seq_axis,
             )
-        freq = p_rope.frequencies(case.head_dim, case.max_wavelength, **kw)
+        freq = p_rope.frequencies(
+            case.head_dim, case.max_wavelength, rotated_pairs=pairs, scale_factor=case.scale_factor
+        )
         named = {"inputs": x, "positions": positions, "exact": exact, "frequencies": freq}
         if case.dtype != "float64":
             named["expected"] = expected

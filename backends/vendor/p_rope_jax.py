@@ -104,11 +104,11 @@ def rotated_pair_count(head_dim: int, rope_percentage: float = 1.0) -> int:
     return int(rope_percentage * head_dim // 2)
 
 
-def resolve_rotated_pairs(head_dim: int, rope_percentage: float, rotated_pairs: object) -> int:
+def resolve_rotated_pairs(head_dim: int, rope_percentage: object, rotated_pairs: object) -> int:
     """R from either rope_percentage (the paper's knob) or an explicit integer pair count."""
     head_dim = check_head_dim(head_dim)
     if rotated_pairs is None:
-        return rotated_pair_count(head_dim, rope_percentage)
+        return rotated_pair_count(head_dim, check_rope_percentage(rope_percentage))
     if not _is_integer(rotated_pairs):
         raise TypeError(
             f"rotated_pairs must be an int or None; got {rotated_pairs!r} of type {type(rotated_pairs).__name__}"
