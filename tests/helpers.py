@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import numpy as np
+import pytest
 from p_rope import tolerance
 
 _PLATFORMS = {"gpu": "cuda", "cuda": "cuda", "rocm": "cuda", "cpu": "cpu", "tpu": "tpu", "mps": "mps"}
@@ -76,3 +77,19 @@ def assert_conforms(
         f"(max abs error {result.max_abs_error:.3g})"
     )
     return result
+
+
+# Shared by the backend test files: configurations every backend must agree with the reference on.
+# (H, p, w, pairing, seq_axis, scale_factor, rotated_pairs)
+AGREEMENT_CONFIGS = [
+    pytest.param(2, 1.0, 10_000.0, "split_half", -3, 1.0, None, id="H2-p1"),
+    pytest.param(64, 0.0, 10_000.0, "split_half", -3, 1.0, None, id="H64-p0"),
+    pytest.param(64, 0.02, 10_000.0, "interleaved", -2, 1.0, None, id="H64-tiny-p"),  # R = 0
+    pytest.param(64, 1.0, 500_000.0, "split_half", -3, 1.0, 1, id="H64-R1"),
+    pytest.param(512, 0.25, 1e6, "split_half", -3, 1.0, None, id="H512-p0.25-gemma"),
+    pytest.param(512, 0.25, 1e6, "split_half", -2, 1.0, None, id="H512-p0.25-hf"),
+    pytest.param(128, 0.5, 10_000.0, "interleaved", -3, 4.0, None, id="H128-p0.5-scaled"),
+    pytest.param(96, 0.58, 2.0, "split_half", -2, 1.0, None, id="H96-p0.58-w2"),
+    pytest.param(1024, 1.0, 1e7, "interleaved", -2, 2.5, None, id="H1024-p1-w1e7"),
+    pytest.param(128, 1.0, 10_000.0, "split_half", -3, 1.0, None, id="H128-p1-llama"),
+]

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 from p_rope.backends import jax as pj
 
-from tests.helpers import assert_conforms
+from tests.helpers import AGREEMENT_CONFIGS, assert_conforms
 
 MAX_POSITION = 2**24
 TABLE_BOUND = 2.5 * 2.0**-24  # SPEC.md §8: float32 tables within 2.5 float32 units of cos/sin
@@ -121,23 +121,9 @@ def rotated_lanes(head_dim: int, pairs: int, pairing: str) -> tuple[np.ndarray, 
 # ---------------------------------------------------------------------------------------------
 # agreement with the reference
 
-# (H, p, w, pairing, seq_axis, scale_factor, rotated_pairs)
-CONFIGS = [
-    pytest.param(2, 1.0, 10_000.0, "split_half", -3, 1.0, None, id="H2-p1"),
-    pytest.param(64, 0.0, 10_000.0, "split_half", -3, 1.0, None, id="H64-p0"),
-    pytest.param(64, 0.02, 10_000.0, "interleaved", -2, 1.0, None, id="H64-tiny-p"),  # R = 0
-    pytest.param(64, 1.0, 500_000.0, "split_half", -3, 1.0, 1, id="H64-R1"),
-    pytest.param(512, 0.25, 1e6, "split_half", -3, 1.0, None, id="H512-p0.25-gemma"),
-    pytest.param(512, 0.25, 1e6, "split_half", -2, 1.0, None, id="H512-p0.25-hf"),
-    pytest.param(128, 0.5, 10_000.0, "interleaved", -3, 4.0, None, id="H128-p0.5-scaled"),
-    pytest.param(96, 0.58, 2.0, "split_half", -2, 1.0, None, id="H96-p0.58-w2"),
-    pytest.param(1024, 1.0, 1e7, "interleaved", -2, 2.5, None, id="H1024-p1-w1e7"),
-    pytest.param(128, 1.0, 10_000.0, "split_half", -3, 1.0, None, id="H128-p1-llama"),
-]
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("head_dim", "p", "w", "pairing", "seq_axis", "scale", "pairs"), CONFIGS)
+@pytest.mark.parametrize(("head_dim", "p", "w", "pairing", "seq_axis", "scale", "pairs"), AGREEMENT_CONFIGS)
 def test_agrees_with_reference(
     device: Any,
     dtype: str,
