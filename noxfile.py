@@ -123,5 +123,5 @@ def bench(session: nox.Session) -> None:
 def accuracy(session: nox.Session) -> None:
     """Error against position for every backend and the float32-angle baseline; reports/accuracy.*"""
     session.install(TORCH)
-    session.install(".[jax,torch,conformance,plot]")
+    session.install(".[jax,torch,conformance,plot,bench]")
     session.run("python", "bench/accuracy.py", *session.posargs)
