@@ -155,16 +155,17 @@ def inputs(rng: np.random.Generator, head_dim: int, dtype: str, tokens: int = 48
     return rng.standard_normal((2, tokens, heads, head_dim)).astype(numpy_dtype(dtype))
 
 
-@backends
-@pytest.mark.parametrize(("head_dim", "max_wavelength", "rope_percentage", "scale_factor"), CONFIGS, ids=CONFIG_IDS)
-def test_strict_at_integer_positions_up_to_2_24(
-    backend: Backend, head_dim: int, max_wavelength: float, rope_percentage: float, scale_factor: float
-) -> None:
-    api = backend.load()
-    rng = np.random.default_rng(head_dim + int(max_wavelength) % 997)
-    x = inputs(rng, head_dim, "float32")
-    positions = integer_positions(rng, x.shape[:2])
-    out = api.apply_p_rope(
+def assert_strict(
+    backend: Backend,
+    x: np.ndarray,
+    positions: np.ndarray,
+    head_dim: int,
+    max_wavelength: float,
+    rope_percentage: float,
+    scale_factor: float,
+) -> Any:
+    """The backend's apply_p_rope on (x, positions) meets SPEC.md's strict level; returns its output."""
+    out = backend.load().apply_p_rope(
         backend.native(x),
         backend.native(positions),
         head_dim,
@@ -183,37 +184,32 @@ def test_strict_at_integer_positions_up_to_2_24(
         level="strict",
         device=backend.device,
     )
+    return out
+
+
+@backends
+@pytest.mark.parametrize(("head_dim", "max_wavelength", "rope_percentage", "scale_factor"), CONFIGS, ids=CONFIG_IDS)
+def test_strict_at_integer_positions_up_to_2_24(
+    backend: Backend, head_dim: int, max_wavelength: float, rope_percentage: float, scale_factor: float
+) -> None:
+    backend.load()  # skips, with the reason, when the backend cannot be imported
+    rng = np.random.default_rng(head_dim + int(max_wavelength) % 997)
+    x = inputs(rng, head_dim, "float32")
+    positions = integer_positions(rng, x.shape[:2])
+    assert_strict(backend, x, positions, head_dim, max_wavelength, rope_percentage, scale_factor)
 
 
 @backends
 @pytest.mark.parametrize("positions_dtype", ["float32", "float64"])
 def test_strict_at_real_positions_up_to_2_24(backend: Backend, positions_dtype: str) -> None:
-    api = backend.load()
+    backend.load()  # skips, with the reason, when the backend cannot be imported
     if backend.array == "jax" and positions_dtype == "float64":
         pytest.skip("jax without jax_enable_x64 has no float64 arrays (float32 positions are tested)")
     rng = np.random.default_rng(7)
     for head_dim, max_wavelength, rope_percentage, scale_factor in CONFIGS[:5]:
         x = inputs(rng, head_dim, "float32", tokens=32)
         positions = real_positions(rng, x.shape[:2], positions_dtype)
-        out = api.apply_p_rope(
-            backend.native(x),
-            backend.native(positions),
-            head_dim,
-            max_wavelength,
-            rope_percentage,
-            scale_factor=scale_factor,
-        )
-        assert_conforms(
-            out,
-            x,
-            positions,
-            head_dim,
-            max_wavelength,
-            rope_percentage,
-            scale_factor=scale_factor,
-            level="strict",
-            device=backend.device,
-        )
+        assert_strict(backend, x, positions, head_dim, max_wavelength, rope_percentage, scale_factor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,32 +226,14 @@ def ordered(values: np.ndarray) -> np.ndarray:
 @backends
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_is_rounded_result_or_a_neighbour(backend: Backend, dtype: str) -> None:
-    api = backend.load()
+    backend.load()  # skips, with the reason, when the backend cannot be imported
     if dtype not in backend.dtypes():
         pytest.skip(f"{backend.id} has no {dtype} arrays")
     rng = np.random.default_rng(11)
     for head_dim, max_wavelength, rope_percentage, scale_factor in CONFIGS[:5]:
         x = inputs(rng, head_dim, dtype, tokens=32, heads=4)
         positions = integer_positions(rng, x.shape[:2])
-        out = api.apply_p_rope(
-            backend.native(x),
-            backend.native(positions),
-            head_dim,
-            max_wavelength,
-            rope_percentage,
-            scale_factor=scale_factor,
-        )
-        assert_conforms(
-            out,
-            x,
-            positions,
-            head_dim,
-            max_wavelength,
-            rope_percentage,
-            scale_factor=scale_factor,
-            level="strict",
-            device=backend.device,
-        )
+        out = assert_strict(backend, x, positions, head_dim, max_wavelength, rope_percentage, scale_factor)
         got = to_numpy(out)
         exact = p_rope.apply_p_rope(
             x.astype(np.float64), positions, head_dim, max_wavelength, rope_percentage, scale_factor=scale_factor
