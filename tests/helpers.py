@@ -1,13 +1,18 @@
-"""The one assertion helper of the test suite: value, dtype, shape and device checked together."""
+"""The one assertion helper of the test suite (value, dtype, shape and device checked together),
+and the inputs the backend test files share."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import pytest
 from p_rope import tolerance
+
+MAX_POSITION = tolerance.STRICT_MAX_POSITION
+NP_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}
 
 _PLATFORMS = {"gpu": "cuda", "cuda": "cuda", "rocm": "cuda", "cpu": "cpu", "tpu": "tpu", "mps": "mps"}
 
@@ -28,17 +33,16 @@ def device_of(array: Any) -> str:
 
 
 def to_numpy(array: Any) -> np.ndarray:
-    """A host NumPy copy; bfloat16 becomes an ml_dtypes.bfloat16 array, bit for bit."""
+    """A host NumPy array (NumPy arrays as they are; a copy of anything else, so that a later
+    in-place write to the tensor does not show through); bfloat16 as ml_dtypes.bfloat16, bit for bit."""
     if isinstance(array, np.ndarray):
         return array
     if "torch" in sys.modules and isinstance(array, sys.modules["torch"].Tensor):
         torch = sys.modules["torch"]
-        array = array.detach().cpu()
+        array = array.detach().contiguous().cpu()
         if array.dtype == torch.bfloat16:
-            import ml_dtypes
-
-            return array.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return array.numpy()
+            return array.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+        return array.numpy().copy()
     try:
         return np.asarray(array)
     except (TypeError, ValueError, RuntimeError):  # array_api_strict: no __array__, but DLPack
@@ -93,3 +97,21 @@ AGREEMENT_CONFIGS = [
     pytest.param(1024, 1.0, 1e7, "interleaved", -2, 2.5, None, id="H1024-p1-w1e7"),
     pytest.param(128, 1.0, 10_000.0, "split_half", -3, 1.0, None, id="H128-p1-llama"),
 ]
+
+
+def normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    return rng.standard_normal(shape).astype(NP_DTYPES[dtype])
+
+
+def layout(batch: tuple[int, ...], length: int, heads: int, head_dim: int, seq_axis: int) -> tuple[int, ...]:
+    """The input shape [B..., L, N, H] (seq_axis=-3) or [B..., N, L, H] (seq_axis=-2)."""
+    return (*batch, length, heads, head_dim) if seq_axis == -3 else (*batch, heads, length, head_dim)
+
+
+def integer_positions(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Positions over the strict range, edges included: 0, +-1, +-2**24, 2**24 - 1."""
+    values = rng.integers(-MAX_POSITION, MAX_POSITION + 1, size=shape, dtype=np.int64)
+    edges = np.array([0, 1, -1, MAX_POSITION, -MAX_POSITION, MAX_POSITION - 1, 4096, 123_457])
+    flat = values.reshape(-1)
+    flat[: min(flat.size, edges.size)] = edges[: flat.size]
+    return values

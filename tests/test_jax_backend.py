@@ -39,11 +39,17 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 from p_rope.backends import jax as pj
 
-from tests.helpers import AGREEMENT_CONFIGS, assert_conforms
+from tests.helpers import (
+    AGREEMENT_CONFIGS,
+    MAX_POSITION,
+    NP_DTYPES,
+    assert_conforms,
+    integer_positions,
+    layout,
+    normal,
+)
 
-MAX_POSITION = 2**24
 TABLE_BOUND = 2.5 * 2.0**-24  # SPEC.md §8: float32 tables within 2.5 float32 units of cos/sin
-NP_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}
 DTYPES = list(NP_DTYPES)
 
 
@@ -94,23 +100,6 @@ def bits(array: Any) -> np.ndarray:
     """Bit patterns, for bit-for-bit comparisons (NaN payloads, -0.0)."""
     a = np.ascontiguousarray(np.asarray(array))
     return a.view(f"u{a.dtype.itemsize}")
-
-
-def normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    return rng.standard_normal(shape).astype(NP_DTYPES[dtype])
-
-
-def layout(batch: tuple[int, ...], length: int, heads: int, head_dim: int, seq_axis: int) -> tuple[int, ...]:
-    return (*batch, length, heads, head_dim) if seq_axis == -3 else (*batch, heads, length, head_dim)
-
-
-def integer_positions(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Positions over the strict range, edges included: 0, +-1, +-2**24, 2**24 - 1."""
-    values = rng.integers(-MAX_POSITION, MAX_POSITION + 1, size=shape, dtype=np.int64)
-    edges = np.array([0, 1, -1, MAX_POSITION, -MAX_POSITION, MAX_POSITION - 1, 4096, 123_457])
-    flat = values.reshape(-1)
-    flat[: min(flat.size, edges.size)] = edges[: flat.size]
-    return values
 
 
 def rotated_lanes(head_dim: int, pairs: int, pairing: str) -> tuple[np.ndarray, np.ndarray]:

@@ -28,12 +28,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 from p_rope.backends import torch as pt
 
-from tests.helpers import AGREEMENT_CONFIGS, assert_conforms
+from tests.helpers import (
+    AGREEMENT_CONFIGS,
+    MAX_POSITION,
+    NP_DTYPES,
+    assert_conforms,
+    integer_positions,
+    layout,
+    normal,
+    to_numpy,
+)
 
-MAX_POSITION = 2**24
 TABLE_BOUND = 2.5 * 2.0**-24  # SPEC.md §8: float32 tables within 2.5 float32 units of cos/sin
 CPU_TABLE_BOUND = 0.6 * 2.0**-24  # the CPU's float64 route: one final rounding, 0.5 units, and a little
-NP_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float64": np.float64}
 DTYPES = list(NP_DTYPES)
 
 # dynamo's own internals warn (torch 2.13): its autograd.Function support instantiates Function,
@@ -89,35 +96,10 @@ def to_torch(array: np.ndarray, device: torch.device | str = "cpu") -> torch.Ten
     return tensor.to(device)
 
 
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A NumPy copy of a tensor (bfloat16 as ml_dtypes.bfloat16, bit for bit)."""
-    tensor = tensor.detach().contiguous().cpu()
-    if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
-    return tensor.numpy().copy()
-
-
 def bits(tensor: torch.Tensor) -> torch.Tensor:
     """The bit patterns of a floating tensor, for bit-for-bit comparisons (NaN payloads, -0.0)."""
     view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
     return tensor.detach().contiguous().cpu().view(view)
-
-
-def normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    return rng.standard_normal(shape).astype(NP_DTYPES[dtype])
-
-
-def layout(batch: tuple[int, ...], length: int, heads: int, head_dim: int, seq_axis: int) -> tuple[int, ...]:
-    return (*batch, length, heads, head_dim) if seq_axis == -3 else (*batch, heads, length, head_dim)
-
-
-def integer_positions(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Positions over the strict range, edges included: 0, +-1, +-2**24, 2**24 - 1."""
-    values = rng.integers(-MAX_POSITION, MAX_POSITION + 1, size=shape, dtype=np.int64)
-    edges = np.array([0, 1, -1, MAX_POSITION, -MAX_POSITION, MAX_POSITION - 1, 4096, 123_457])
-    flat = values.reshape(-1)
-    flat[: min(flat.size, edges.size)] = edges[: flat.size]
-    return values
 
 
 # ---------------------------------------------------------------------------------------------
