@@ -121,7 +121,7 @@ def _jax_positions(positions: object, like: jax.Array | None) -> jax.Array:
 
 def _same_devices(array: jax.Array, like: jax.Array) -> jax.Array:
     """array moved onto the devices of like when it lives elsewhere (outputs follow the input)."""
-    if array.devices() == like.devices():
+    if array.sharding == like.sharding or array.devices() == like.devices():
         return array
     sharding = like.sharding
     if len(like.devices()) == 1:
@@ -381,6 +381,14 @@ def _rotate_materialized(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str)
     return lax.dynamic_update_slice(view, rotated, (0,) * view.ndim).reshape(x.shape)
 
 
+def _rotate_whole(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> jax.Array:
+    """Every lane rotated (no NoPE lanes): the output in one fused pass."""
+    return _rotated_pairs(x, c, s, pairing).reshape(x.shape)
+
+
+_SMALL_BYTES = 1 << 20  # inputs up to this size: fastest undivided on XLA:CPU (2 cores, measured)
+
+
 def _rotate_lanes(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, seq_axis: int) -> jax.Array:
     """x with its 2R rotated lanes turned by (cos, sin), computed in the tables' dtype and rounded
     once to x's dtype; NoPE lanes copied bit for bit."""
@@ -389,7 +397,12 @@ def _rotate_lanes(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, se
         return x
     c, s = expand_table(jnp, cos, seq_axis), expand_table(jnp, sin, seq_axis)
     if pairs == x.shape[-1] // 2:  # no NoPE lanes: one fused pass writes the output
-        return _rotated_pairs(x, c, s, pairing).reshape(x.shape)
+        whole = functools.partial(_rotate_whole, pairing=pairing)
+        if not 0 < x.size * x.dtype.itemsize <= _SMALL_BYTES or x.dtype == jnp.bfloat16:
+            return whole(x, c, s)
+        # XLA:CPU splits that pass over its threads, which costs more than the work on a small
+        # input (decode: 2x); writing each lane's slice into a copy of x runs undivided
+        return lax.platform_dependent(x, c, s, cpu=functools.partial(_rotate_in_place, pairing=pairing), default=whole)
     if x.dtype == jnp.bfloat16:
         return lax.platform_dependent(
             x,
@@ -514,11 +527,13 @@ def apply_p_rope_tables(
 ) -> jax.Array:
     """Rotate inputs [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2) by precomputed tables."""
     pairing, seq_axis = check_apply_tables(inputs, tables, pairing, seq_axis)
-    inputs_, _ = _jax_inputs(inputs, inputs.shape[-1], "inputs")
+    if not isinstance(inputs, jax.Array):
+        _require_x64(dtype_name(inputs.dtype), "inputs")
+        inputs = jnp.asarray(inputs)
     cos, sin = (t if isinstance(t, jax.Array) else jnp.asarray(t) for t in tables)
-    if not isinstance(inputs_, jax.core.Tracer):
-        cos, sin = (t if isinstance(t, jax.core.Tracer) else _same_devices(t, inputs_) for t in (cos, sin))
-    return _apply_tables_jit(inputs_, cos, sin, pairing, seq_axis)
+    if not isinstance(inputs, jax.core.Tracer):
+        cos, sin = (t if isinstance(t, jax.core.Tracer) else _same_devices(t, inputs) for t in (cos, sin))
+    return _apply_tables_jit(inputs, cos, sin, pairing, seq_axis)
 
 
 def apply_p_rope(

@@ -16,6 +16,8 @@ one table build; tables reused across layers; KV-cache decoding and packed seque
 
 from __future__ import annotations
 
+import mmap
+import sys
 import warnings
 from typing import Any
 
@@ -227,8 +229,8 @@ def test_random_calls_agree_with_reference(
 
 def test_chunked_rotation_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     """Long sequences are rotated in chunks along L, tables broadcast or not; every chunk conforms."""
-    monkeypatch.setattr(pt, "_LANE_CHUNK_ELEMENTS", 50)
-    monkeypatch.setattr(pt, "_SMALL_ELEMENTS", 0)
+    monkeypatch.setattr(pt, "_CHUNK_BYTES", 2000)  # 2 or 5 rows of L per chunk
+    monkeypatch.setattr(pt, "_IN_PLACE_CHUNK_BYTES", 1000)
     rng = np.random.default_rng(5)
     cases = [
         ("float32", -3, (2, 37), 0.75),
@@ -250,6 +252,65 @@ def test_chunked_rotation_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # special values, dtypes, empty arrays
+
+
+def test_large_outputs_advised_as_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An output of 4 MiB or more gets huge-page advice on the 2 MiB-aligned part of its own memory and
+    is then mapped (MADV_POPULATE_WRITE), before it is written; smaller ones get none; the values
+    are the same either way."""
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(pt, "_madvise", lambda: lambda start, length, advice: calls.append((start, length, advice)))
+    rng = np.random.default_rng(11)
+    x = normal(rng, layout((1,), 600, 4, 512, -3), "float32")  # 4.7 MiB
+    positions = integer_positions(rng, (1, 600))
+    out = pt.apply_p_rope(to_torch(x), to_torch(positions), 512, 1e6, 0.25)
+    assert_conforms(out, x, positions, 512, 1e6, 0.25, level="strict", device="cpu")
+    (start, length, advice), (page, pages, populate) = calls
+    begin, nbytes = out.untyped_storage().data_ptr(), out.untyped_storage().nbytes()
+    assert advice == mmap.MADV_HUGEPAGE and start % (1 << 21) == 0 and length % (1 << 21) == 0
+    assert begin <= start and start + length <= begin + nbytes and length >= nbytes - (1 << 22)
+    assert populate == 23 and page % mmap.PAGESIZE == 0 and pages % mmap.PAGESIZE == 0  # MADV_POPULATE_WRITE
+    assert page <= begin < page + mmap.PAGESIZE and begin + nbytes <= page + pages < begin + nbytes + mmap.PAGESIZE
+    calls.clear()
+    pt.apply_p_rope(to_torch(x[:, :100]), to_torch(positions[:, :100]), 512, 1e6, 0.25)  # 0.8 MiB
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("platform", "thp", "setting", "expected"),
+    [
+        ("linux", "always [madvise] never", None, True),
+        ("linux", "[always] madvise never", "1", True),
+        ("linux", "always madvise [never]", None, False),
+        ("linux", None, None, False),
+        ("linux", "always [madvise] never", "0", False),
+        ("darwin", "always [madvise] never", None, False),
+    ],
+)
+def test_huge_page_advice_where_available(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    platform: str,
+    thp: str | None,
+    setting: str | None,
+    expected: bool,
+) -> None:
+    """Linux with transparent huge pages not "never", and not P_ROPE_MADVISE_HUGEPAGE=0."""
+    monkeypatch.setattr(sys, "platform", platform)
+    thp_file = tmp_path / "enabled"
+    if thp is not None:
+        thp_file.write_text(thp + "\n", encoding="ascii")
+    monkeypatch.setattr(pt, "_THP_SETTING", str(thp_file))
+    if setting is None:
+        monkeypatch.delenv("P_ROPE_MADVISE_HUGEPAGE", raising=False)
+    else:
+        monkeypatch.setenv("P_ROPE_MADVISE_HUGEPAGE", setting)
+    pt._madvise.cache_clear()
+    try:
+        found = pt._madvise() is not None
+    finally:
+        pt._madvise.cache_clear()
+    assert found is expected
 
 
 def test_special_values(table_route: str, device: torch.device) -> None:

@@ -256,6 +256,8 @@ def revolution_chunks(
 # ==============================================================================================
 # from backends/_core.py
 # ==============================================================================================
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -270,11 +272,27 @@ _CHUNK = float(1 << CHUNK_BITS)
 
 
 def dtype_name(dtype: Any) -> str:
-    """'float32', 'bfloat16', 'int64', ... for a NumPy, JAX, torch or array-api-strict dtype."""
+    """'float32', 'bfloat16', 'int64', ... for a NumPy, JAX, torch or array-api-strict dtype
+    (memoized per dtype and its type: NumPy computes a dtype's name anew at every request)."""
+    key = (type(dtype), dtype)
+    try:
+        return _DTYPE_NAMES[key]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable
+        return _dtype_name(dtype)
+    name = _DTYPE_NAMES[key] = _dtype_name(dtype)
+    return name
+
+
+def _dtype_name(dtype: Any) -> str:
     name = getattr(dtype, "name", None)
     if isinstance(name, str):
         return name
     return str(dtype).rsplit(".", 1)[-1].strip("'>")
+
+
+_DTYPE_NAMES: dict[tuple[type, Any], str] = {}
 
 
 def is_integer_dtype(name: str) -> bool:
@@ -470,6 +488,26 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int) -> 
 # argument checks of the public functions
 
 
+def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lambda: False) -> Callable[..., Any]:
+    """checks, memoized per value and type of every argument (the checks of a small call cost more
+    than its work): a valid set of arguments is checked once; a failing one raises every time (an
+    exception is never cached); an unhashable argument, or bypass() true (a tracing compiler that
+    must not meet a cache), runs the checks uncached."""
+    cached = functools.lru_cache(maxsize=256, typed=True)(checks)
+
+    @functools.wraps(checks)
+    def call(*args: Any) -> Any:
+        if bypass():
+            return checks(*args)
+        try:
+            hash(args)
+        except TypeError:
+            return checks(*args)
+        return cached(*args)
+
+    return call
+
+
 def check_apply_tables(
     inputs: Any, tables: Any, pairing: str, seq_axis: int, argument: str = "inputs"
 ) -> tuple[str, int]:
@@ -477,15 +515,28 @@ def check_apply_tables(
     if not isinstance(tables, tuple) or len(tables) != 2:
         raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
     check_array(None, inputs, argument)
-    head_dim = inputs.shape[-1] if len(inputs.shape) else 0
-    inputs_dtype = check_inputs(inputs, head_dim, argument)
+    cos, sin = tables
+    return _checked_table_layout(
+        inputs.shape, inputs.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis, argument
+    )
+
+
+def _table_layout_checks(
+    shape: Any, dtype: Any, cos_shape: Any, cos_dtype: Any, sin_shape: Any, pairing: Any, seq_axis: Any, argument: str
+) -> tuple[str, int]:
+    """check_apply_tables after the type checks, on everything the remaining checks read."""
+    head_dim = shape[-1] if len(shape) else 0
+    inputs_dtype = check_input_dtype(dtype_name(dtype), argument)
+    check_input_shape(tuple(shape), head_dim, argument)
     pairing = check_pairing(pairing)
     seq_axis = check_seq_axis(seq_axis)
-    cos, sin = tables
-    check_tables(tuple(cos.shape), tuple(sin.shape), head_dim)
-    check_tables_dtype(dtype_name(cos.dtype), inputs_dtype)
-    check_positions_shape(tuple(cos.shape[:-1]), tuple(inputs.shape), seq_axis, "tables")
+    check_tables(tuple(cos_shape), tuple(sin_shape), head_dim)
+    check_tables_dtype(dtype_name(cos_dtype), inputs_dtype)
+    check_positions_shape(tuple(cos_shape[:-1]), tuple(shape), seq_axis, "tables")
     return pairing, seq_axis
+
+
+_checked_table_layout = memoized_checks(_table_layout_checks)
 
 
 def prepare(

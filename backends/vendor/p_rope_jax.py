@@ -282,6 +282,8 @@ def revolution_chunks(
 # ==============================================================================================
 # from backends/_core.py
 # ==============================================================================================
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -296,11 +298,27 @@ _CHUNK = float(1 << CHUNK_BITS)
 
 
 def dtype_name(dtype: Any) -> str:
-    """'float32', 'bfloat16', 'int64', ... for a NumPy, JAX, torch or array-api-strict dtype."""
+    """'float32', 'bfloat16', 'int64', ... for a NumPy, JAX, torch or array-api-strict dtype
+    (memoized per dtype and its type: NumPy computes a dtype's name anew at every request)."""
+    key = (type(dtype), dtype)
+    try:
+        return _DTYPE_NAMES[key]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable
+        return _dtype_name(dtype)
+    name = _DTYPE_NAMES[key] = _dtype_name(dtype)
+    return name
+
+
+def _dtype_name(dtype: Any) -> str:
     name = getattr(dtype, "name", None)
     if isinstance(name, str):
         return name
     return str(dtype).rsplit(".", 1)[-1].strip("'>")
+
+
+_DTYPE_NAMES: dict[tuple[type, Any], str] = {}
 
 
 def is_integer_dtype(name: str) -> bool:
@@ -496,6 +514,26 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int) -> 
 # argument checks of the public functions
 
 
+def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lambda: False) -> Callable[..., Any]:
+    """checks, memoized per value and type of every argument (the checks of a small call cost more
+    than its work): a valid set of arguments is checked once; a failing one raises every time (an
+    exception is never cached); an unhashable argument, or bypass() true (a tracing compiler that
+    must not meet a cache), runs the checks uncached."""
+    cached = functools.lru_cache(maxsize=256, typed=True)(checks)
+
+    @functools.wraps(checks)
+    def call(*args: Any) -> Any:
+        if bypass():
+            return checks(*args)
+        try:
+            hash(args)
+        except TypeError:
+            return checks(*args)
+        return cached(*args)
+
+    return call
+
+
 def check_apply_tables(
     inputs: Any, tables: Any, pairing: str, seq_axis: int, argument: str = "inputs"
 ) -> tuple[str, int]:
@@ -503,15 +541,28 @@ def check_apply_tables(
     if not isinstance(tables, tuple) or len(tables) != 2:
         raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
     check_array(None, inputs, argument)
-    head_dim = inputs.shape[-1] if len(inputs.shape) else 0
-    inputs_dtype = check_inputs(inputs, head_dim, argument)
+    cos, sin = tables
+    return _checked_table_layout(
+        inputs.shape, inputs.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis, argument
+    )
+
+
+def _table_layout_checks(
+    shape: Any, dtype: Any, cos_shape: Any, cos_dtype: Any, sin_shape: Any, pairing: Any, seq_axis: Any, argument: str
+) -> tuple[str, int]:
+    """check_apply_tables after the type checks, on everything the remaining checks read."""
+    head_dim = shape[-1] if len(shape) else 0
+    inputs_dtype = check_input_dtype(dtype_name(dtype), argument)
+    check_input_shape(tuple(shape), head_dim, argument)
     pairing = check_pairing(pairing)
     seq_axis = check_seq_axis(seq_axis)
-    cos, sin = tables
-    check_tables(tuple(cos.shape), tuple(sin.shape), head_dim)
-    check_tables_dtype(dtype_name(cos.dtype), inputs_dtype)
-    check_positions_shape(tuple(cos.shape[:-1]), tuple(inputs.shape), seq_axis, "tables")
+    check_tables(tuple(cos_shape), tuple(sin_shape), head_dim)
+    check_tables_dtype(dtype_name(cos_dtype), inputs_dtype)
+    check_positions_shape(tuple(cos_shape[:-1]), tuple(shape), seq_axis, "tables")
     return pairing, seq_axis
+
+
+_checked_table_layout = memoized_checks(_table_layout_checks)
 
 
 def prepare(
@@ -608,7 +659,7 @@ def _jax_positions(positions: object, like: jax.Array | None) -> jax.Array:
 
 def _same_devices(array: jax.Array, like: jax.Array) -> jax.Array:
     """array moved onto the devices of like when it lives elsewhere (outputs follow the input)."""
-    if array.devices() == like.devices():
+    if array.sharding == like.sharding or array.devices() == like.devices():
         return array
     sharding = like.sharding
     if len(like.devices()) == 1:
@@ -868,6 +919,14 @@ def _rotate_materialized(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str)
     return lax.dynamic_update_slice(view, rotated, (0,) * view.ndim).reshape(x.shape)
 
 
+def _rotate_whole(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> jax.Array:
+    """Every lane rotated (no NoPE lanes): the output in one fused pass."""
+    return _rotated_pairs(x, c, s, pairing).reshape(x.shape)
+
+
+_SMALL_BYTES = 1 << 20  # inputs up to this size: fastest undivided on XLA:CPU (2 cores, measured)
+
+
 def _rotate_lanes(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, seq_axis: int) -> jax.Array:
     """x with its 2R rotated lanes turned by (cos, sin), computed in the tables' dtype and rounded
     once to x's dtype; NoPE lanes copied bit for bit."""
@@ -876,7 +935,12 @@ def _rotate_lanes(x: jax.Array, cos: jax.Array, sin: jax.Array, pairing: str, se
         return x
     c, s = expand_table(jnp, cos, seq_axis), expand_table(jnp, sin, seq_axis)
     if pairs == x.shape[-1] // 2:  # no NoPE lanes: one fused pass writes the output
-        return _rotated_pairs(x, c, s, pairing).reshape(x.shape)
+        whole = functools.partial(_rotate_whole, pairing=pairing)
+        if not 0 < x.size * x.dtype.itemsize <= _SMALL_BYTES or x.dtype == jnp.bfloat16:
+            return whole(x, c, s)
+        # XLA:CPU splits that pass over its threads, which costs more than the work on a small
+        # input (decode: 2x); writing each lane's slice into a copy of x runs undivided
+        return lax.platform_dependent(x, c, s, cpu=functools.partial(_rotate_in_place, pairing=pairing), default=whole)
     if x.dtype == jnp.bfloat16:
         return lax.platform_dependent(
             x,
@@ -1001,11 +1065,13 @@ def apply_p_rope_tables(
 ) -> jax.Array:
     """Rotate inputs [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2) by precomputed tables."""
     pairing, seq_axis = check_apply_tables(inputs, tables, pairing, seq_axis)
-    inputs_, _ = _jax_inputs(inputs, inputs.shape[-1], "inputs")
+    if not isinstance(inputs, jax.Array):
+        _require_x64(dtype_name(inputs.dtype), "inputs")
+        inputs = jnp.asarray(inputs)
     cos, sin = (t if isinstance(t, jax.Array) else jnp.asarray(t) for t in tables)
-    if not isinstance(inputs_, jax.core.Tracer):
-        cos, sin = (t if isinstance(t, jax.core.Tracer) else _same_devices(t, inputs_) for t in (cos, sin))
-    return _apply_tables_jit(inputs_, cos, sin, pairing, seq_axis)
+    if not isinstance(inputs, jax.core.Tracer):
+        cos, sin = (t if isinstance(t, jax.core.Tracer) else _same_devices(t, inputs) for t in (cos, sin))
+    return _apply_tables_jit(inputs, cos, sin, pairing, seq_axis)
 
 
 def apply_p_rope(

@@ -291,6 +291,8 @@ def revolution_chunks(
 # ==============================================================================================
 # from backends/_core.py
 # ==============================================================================================
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -305,11 +307,27 @@ _CHUNK = float(1 << CHUNK_BITS)
 
 
 def dtype_name(dtype: Any) -> str:
-    """'float32', 'bfloat16', 'int64', ... for a NumPy, JAX, torch or array-api-strict dtype."""
+    """'float32', 'bfloat16', 'int64', ... for a NumPy, JAX, torch or array-api-strict dtype
+    (memoized per dtype and its type: NumPy computes a dtype's name anew at every request)."""
+    key = (type(dtype), dtype)
+    try:
+        return _DTYPE_NAMES[key]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable
+        return _dtype_name(dtype)
+    name = _DTYPE_NAMES[key] = _dtype_name(dtype)
+    return name
+
+
+def _dtype_name(dtype: Any) -> str:
     name = getattr(dtype, "name", None)
     if isinstance(name, str):
         return name
     return str(dtype).rsplit(".", 1)[-1].strip("'>")
+
+
+_DTYPE_NAMES: dict[tuple[type, Any], str] = {}
 
 
 def is_integer_dtype(name: str) -> bool:
@@ -505,6 +523,26 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int) -> 
 # argument checks of the public functions
 
 
+def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lambda: False) -> Callable[..., Any]:
+    """checks, memoized per value and type of every argument (the checks of a small call cost more
+    than its work): a valid set of arguments is checked once; a failing one raises every time (an
+    exception is never cached); an unhashable argument, or bypass() true (a tracing compiler that
+    must not meet a cache), runs the checks uncached."""
+    cached = functools.lru_cache(maxsize=256, typed=True)(checks)
+
+    @functools.wraps(checks)
+    def call(*args: Any) -> Any:
+        if bypass():
+            return checks(*args)
+        try:
+            hash(args)
+        except TypeError:
+            return checks(*args)
+        return cached(*args)
+
+    return call
+
+
 def check_apply_tables(
     inputs: Any, tables: Any, pairing: str, seq_axis: int, argument: str = "inputs"
 ) -> tuple[str, int]:
@@ -512,15 +550,28 @@ def check_apply_tables(
     if not isinstance(tables, tuple) or len(tables) != 2:
         raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
     check_array(None, inputs, argument)
-    head_dim = inputs.shape[-1] if len(inputs.shape) else 0
-    inputs_dtype = check_inputs(inputs, head_dim, argument)
+    cos, sin = tables
+    return _checked_table_layout(
+        inputs.shape, inputs.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis, argument
+    )
+
+
+def _table_layout_checks(
+    shape: Any, dtype: Any, cos_shape: Any, cos_dtype: Any, sin_shape: Any, pairing: Any, seq_axis: Any, argument: str
+) -> tuple[str, int]:
+    """check_apply_tables after the type checks, on everything the remaining checks read."""
+    head_dim = shape[-1] if len(shape) else 0
+    inputs_dtype = check_input_dtype(dtype_name(dtype), argument)
+    check_input_shape(tuple(shape), head_dim, argument)
     pairing = check_pairing(pairing)
     seq_axis = check_seq_axis(seq_axis)
-    cos, sin = tables
-    check_tables(tuple(cos.shape), tuple(sin.shape), head_dim)
-    check_tables_dtype(dtype_name(cos.dtype), inputs_dtype)
-    check_positions_shape(tuple(cos.shape[:-1]), tuple(inputs.shape), seq_axis, "tables")
+    check_tables(tuple(cos_shape), tuple(sin_shape), head_dim)
+    check_tables_dtype(dtype_name(cos_dtype), inputs_dtype)
+    check_positions_shape(tuple(cos_shape[:-1]), tuple(shape), seq_axis, "tables")
     return pairing, seq_axis
+
+
+_checked_table_layout = memoized_checks(_table_layout_checks)
 
 
 def prepare(
@@ -553,8 +604,12 @@ def prepare(
 # ==============================================================================================
 # from backends/torch.py
 # ==============================================================================================
+import ctypes
 import functools
 import math
+import mmap
+import os
+import sys
 from typing import Any
 
 import array_api_compat.torch
@@ -626,22 +681,9 @@ def _checked_params(
     return head_dim_, check_max_wavelength(max_wavelength), pairs, check_scale_factor(scale_factor)
 
 
-_cached_params = functools.lru_cache(maxsize=256, typed=True)(_checked_params)  # valid sets only: errors raise
-
-
-def _params(
-    head_dim: object, max_wavelength: object, rope_percentage: object, rotated_pairs: object, scale_factor: object
-) -> tuple[int, float, int, float]:
-    """_checked_params, memoized per (value, type) of every argument in eager mode (the checks cost
-    more than a small rotation); traced as is under torch.compile."""
-    args = (head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    if torch.compiler.is_compiling():
-        return _checked_params(*args)
-    try:
-        hash(args)
-    except TypeError:  # an unhashable argument: let the checks name it
-        return _checked_params(*args)
-    return _cached_params(*args)
+# memoized per value and type of every argument in eager mode (the checks cost more than a small
+# rotation); traced as they are under torch.compile
+_params = memoized_checks(_checked_params, bypass=torch.compiler.is_compiling)
 
 
 def _positions_on(positions: object, device: torch.device | None) -> torch.Tensor:
@@ -850,6 +892,18 @@ def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, tor
     return x[..., first], x[..., second]
 
 
+def _pair_view(x: torch.Tensor, pairs: int, pairing: str) -> torch.Tensor:
+    """[..., 2, R] view of the rotated lanes of x [..., H]: [..., 0, :] the first elements of the
+    pairs, [..., 1, :] the second (one tensor, so that one operation covers both lanes)."""
+    if torch.compiler.is_compiling():  # no strides or storage offsets in a traced graph
+        if pairing == "split_half":
+            return x.unflatten(-1, (2, x.shape[-1] // 2))[..., :pairs]
+        return x[..., : 2 * pairs].unflatten(-1, (pairs, 2)).transpose(-1, -2)
+    *outer, lane = x.stride()  # one call, where unflatten and slicing take three
+    apart, step = (lane * (x.shape[-1] // 2), lane) if pairing == "split_half" else (lane, 2 * lane)
+    return x.as_strided((*x.shape[:-1], 2, pairs), (*outer, apart, step), x.storage_offset())
+
+
 def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
     """[B'..., L, R] -> [B'..., L, 1, R] (seq_axis=-3) or [B'..., 1, L, R] (seq_axis=-2); [R]: L = 1."""
     if table.dim() == 1:
@@ -857,51 +911,118 @@ def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
     return table.unsqueeze(-2 if seq_axis == -3 else -3)
 
 
-# Elements of one rotated lane (x1 or x2) per chunk along L: big enough that each operation still
-# runs on every intra-op thread (above twice torch's grain size of 32768), small enough that a
-# chunk stays in cache between its operations (measured best on a 2-core CPU, 1 and 2 threads).
-_LANE_CHUNK_ELEMENTS = 1 << 17
-_SMALL_ELEMENTS = 1 << 16  # below this, one chunk: fewer, larger operations
+_TABLE_INDEX = {  # seq_axis: (cos against the pair view [..., 2, R], sin against one lane [..., R])
+    -3: ((..., None, None, slice(None)), (..., None, slice(None))),
+    -2: ((..., None, slice(None), None, slice(None)), (..., None, slice(None), slice(None))),
+}
 
 
-def _chunks(seq_axis: int, elements: int, *tensors: torch.Tensor) -> Any:
-    """The tensors cut along the sequence axis in chunks of about ``elements`` elements of the first
-    one (tensors of size 1 on that axis are not cut)."""
-    first = tensors[0]
-    length = first.shape[seq_axis]
-    per_token = first.numel() // length if length else 0
-    step = max(1, elements // per_token) if per_token else length
-    if step >= length:
-        yield tensors
-        return
-    for start in range(0, length, step):
-        size = min(step, length - start)
-        yield tuple(t if t.shape[seq_axis] == 1 else t.narrow(seq_axis, start, size) for t in tensors)
+def _table_views(cos: torch.Tensor, sin: torch.Tensor, seq_axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c2, s): cos [B'..., L, R] shaped to broadcast against a pair view [B..., L, N, 2, R] (or
+    [B..., N, L, 2, R] with seq_axis=-2), sin against one lane [..., R]; tables [R]: L = 1."""
+    if cos.dim() == 1:
+        cos, sin = cos[None], sin[None]
+    pair_index, lane_index = _TABLE_INDEX[seq_axis]
+    return cos[pair_index], sin[lane_index]
 
 
-def _rotate_lanes(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    c: torch.Tensor,
-    s: torch.Tensor,
-    o1: torch.Tensor,
-    o2: torch.Tensor,
-    direction: float,
-) -> None:
-    """(o1, o2) = (a c - d b s, b c + d a s) with d = direction = +-1, computed in the tables' dtype
-    and rounded once to the outputs' dtype; (o1, o2) may be (a, b) themselves (in place)."""
-    if a.dtype != c.dtype:  # 16-bit inputs (or float32 with float64 tables): compute, round once
+# Inputs are cut along L into chunks of about this many bytes: out of place, each chunk is copied,
+# then rotated while it and its output are still in cache. Larger chunks fall out of cache; smaller
+# ones pay more per-call overhead (a few microseconds per operation) and leave an intra-op thread
+# idle (torch splits an operation only above 32768 elements). Measured best on the 2-core CPU of
+# BENCHMARKS.md. In place, the chunk is the rotated lanes alone.
+_CHUNK_BYTES = 1 << 21
+_IN_PLACE_CHUNK_BYTES = 1 << 19
+
+
+def _block_rows(x: torch.Tensor, seq_axis: int, chunk_bytes: int) -> int:
+    """Rows along L per chunk of about chunk_bytes of x (all of L when x is that small)."""
+    length = x.shape[seq_axis]
+    row_bytes = x.numel() // length * x.element_size() if length else 0
+    return max(1, chunk_bytes // row_bytes) if row_bytes else max(1, length)
+
+
+def _blocks(rows: int, length: int, *pieces: tuple[torch.Tensor, int]) -> Any:
+    """Tuples of the tensors cut along their given dimension in blocks of ``rows`` of ``length``; a
+    tensor of size 1 there (a broadcast table) is repeated in every tuple."""
+    count = max(1, -(-length // rows))
+    parts = [t.split(rows, dim) if t.shape[dim] != 1 else (t,) * count for t, dim in pieces]
+    return zip(*parts, strict=True)
+
+
+def _rotate_block(
+    xr: torch.Tensor, c2: torch.Tensor, s: torch.Tensor, out: torch.Tensor | None, direction: float
+) -> torch.Tensor:
+    """out = xr rotated, (x1 c - d x2 s, x2 c + d x1 s) with d = direction = +-1, for pair views
+    xr, out [..., 2, R] (_pair_view) and tables c2, s (_table_views); computed in the tables' dtype
+    and rounded once to out's. out may be xr itself (in place), or None: a new tensor in the
+    tables' dtype. Returns out."""
+    a, b = xr.unbind(-2)
+    if out is xr and a.dtype == c2.dtype:  # in place: x1 is still read after x2 is written
+        c = c2.select(-2, 0)
         t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
-        t2 = torch.mul(b, c).addcmul_(a, s, value=direction)
-        o1.copy_(t1)
-        o2.copy_(t2)
-    elif o1 is a:  # in place: a is still needed after b is written
-        t1 = torch.mul(a, c).addcmul_(b, s, value=-direction)
-        o2.mul_(c).addcmul_(a, s, value=direction)
-        o1.copy_(t1)
-    else:
-        torch.mul(a, c, out=o1).addcmul_(b, s, value=-direction)
-        torch.mul(b, c, out=o2).addcmul_(a, s, value=direction)
+        b.mul_(c).addcmul_(a, s, value=direction)
+        a.copy_(t1)
+        return out
+    direct = out is not None and out.dtype == c2.dtype and out is not xr
+    t = torch.mul(xr, c2, out=out) if direct else torch.mul(xr, c2)  # 16-bit x: promoted to float32
+    o1, o2 = t.unbind(-2)
+    o1.addcmul_(b, s, value=-direction)
+    o2.addcmul_(a, s, value=direction)
+    if out is None:
+        return t
+    if not direct:  # a wider computation dtype, rounded once; or in place
+        out.copy_(t)
+    return out
+
+
+_HUGE_PAGE_BYTES = 1 << 21
+_PAGE_BYTES = mmap.PAGESIZE
+_ADVISE_MIN_BYTES = 1 << 22  # NumPy's threshold for the same advice
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14, every architecture; older kernels refuse it (EINVAL): ignored
+_THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+@functools.cache
+def _madvise() -> Any:
+    """libc's madvise where the kernel gives transparent huge pages on request (Linux, THP "always" or
+    "madvise"), else None. Off when the environment sets P_ROPE_MADVISE_HUGEPAGE=0 (as NumPy's
+    NUMPY_MADVISE_HUGEPAGE=0 does for NumPy's arrays)."""
+    if not sys.platform.startswith("linux") or os.environ.get("P_ROPE_MADVISE_HUGEPAGE", "1") == "0":
+        return None
+    try:
+        with open(_THP_SETTING, encoding="ascii") as setting:
+            if "[never]" in setting.read():
+                return None
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function
+
+
+def _empty_like(x: torch.Tensor) -> torch.Tensor:
+    """torch.empty_like(x); on the CPU, a large output's memory is first advised to the kernel as huge
+    pages (as NumPy does for its arrays) and then mapped in one system call. Writing to fresh memory
+    otherwise takes a page fault per 4 KiB page, which costs as much as the copy itself and, taken
+    chunk by chunk by two threads, more (BENCHMARKS.md). Advice only: a kernel that refuses it (no
+    huge pages, no MADV_POPULATE_WRITE before Linux 5.14) leaves the memory as it was."""
+    out = torch.empty_like(x)
+    storage = out.untyped_storage()
+    nbytes = storage.nbytes()
+    if out.device.type != "cpu" or nbytes < _ADVISE_MIN_BYTES:
+        return out
+    madvise = _madvise()
+    if madvise is not None:
+        start = storage.data_ptr()
+        first = -(-start // _HUGE_PAGE_BYTES) * _HUGE_PAGE_BYTES
+        last = (start + nbytes) // _HUGE_PAGE_BYTES * _HUGE_PAGE_BYTES
+        if last > first:
+            madvise(first, last - first, mmap.MADV_HUGEPAGE)
+        first = start // _PAGE_BYTES * _PAGE_BYTES
+        madvise(first, -(-(start + nbytes) // _PAGE_BYTES) * _PAGE_BYTES - first, _MADV_POPULATE_WRITE)
+    return out
 
 
 def _rotate(
@@ -909,52 +1030,54 @@ def _rotate(
 ) -> torch.Tensor:
     """A new tensor: x rotated by the tables (direction -1: the inverse rotation); NoPE lanes copied.
 
+    Small inputs: a clone, then three operations on its rotated lanes (per-call overhead dominates).
     Large inputs go in chunks along L: each chunk is copied whole (a plain copy of contiguous rows),
     then its rotated lanes are overwritten while it is in cache; without NoPE lanes, no copy.
     """
     pairs = cos.shape[-1]
     if torch.compiler.is_compiling():  # the array-API core, which the compiler fuses
         return rotate(array_api_compat.torch, x, RopeTables(cos, sin if direction > 0 else -sin), pairing, seq_axis)
-    if pairs == 0:
-        return x.clone()
-    c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
-    if x.numel() <= _SMALL_ELEMENTS:
+    c2, s = _table_views(cos, sin, seq_axis)
+    if pairs == 0 or x.numel() * x.element_size() <= _CHUNK_BYTES:
+        if 2 * pairs == x.shape[-1] and pairing == "split_half" and x.dtype == c2.dtype:
+            # every lane rotated: no copy; the product x c, laid out as x, becomes the output
+            return _rotate_block(_pair_view(x, pairs, pairing), c2, s, None, direction).flatten(-2)
         out = x.clone()
-        _rotate_lanes(*_lanes(x, pairs, pairing), c, s, *_lanes(out, pairs, pairing), direction)
+        if pairs:
+            _rotate_block(_pair_view(x, pairs, pairing), c2, s, _pair_view(out, pairs, pairing), direction)
         return out
-    out = torch.empty_like(x)
-    elements = _LANE_CHUNK_ELEMENTS * x.shape[-1] // pairs
-    if 2 * pairs == x.shape[-1] and pairing == "split_half" and x.dtype == c.dtype:
-        # no NoPE lanes: x times [cos, cos] over whole rows (longer, faster loops), then the sin terms
-        c_rows = torch.cat([c, c], dim=-1)
-        for xc, oc, sc, rc in _chunks(seq_axis, 2 * elements, x, out, s, c_rows):
-            a, b = _lanes(xc, pairs, pairing)
-            o1, o2 = _lanes(torch.mul(xc, rc, out=oc), pairs, pairing)
-            o1.addcmul_(b, sc, value=-direction)
-            o2.addcmul_(a, sc, value=direction)
-        return out
+    out = _empty_like(x)
     copy = 2 * pairs < x.shape[-1]  # NoPE lanes to copy
-    for xc, oc, cc, sc in _chunks(seq_axis, elements, x, out, c, s):
+    xr, outr = _pair_view(x, pairs, pairing), _pair_view(out, pairs, pairing)
+    pieces = (
+        (x, seq_axis),
+        (out, seq_axis),
+        (xr, seq_axis - 1),
+        (outr, seq_axis - 1),
+        (c2, seq_axis - 1),
+        (s, seq_axis),
+    )
+    for xc, oc, xrc, orc, cc, sc in _blocks(_block_rows(x, seq_axis, _CHUNK_BYTES), x.shape[seq_axis], *pieces):
         if copy:
             oc.copy_(xc)
-        _rotate_lanes(*_lanes(xc, pairs, pairing), cc, sc, *_lanes(oc, pairs, pairing), direction)
+        _rotate_block(xrc, cc, sc, orc, direction)
     return out
 
 
 def _rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, seq_axis: int) -> None:
     """Rotate the 2R rotated lanes of x where they are, in chunks along L; NoPE lanes untouched."""
     pairs = cos.shape[-1]
-    if not pairs:
+    if not pairs or x.numel() == 0:
         return
-    x1, x2 = _lanes(x, pairs, pairing)
-    c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
+    xr = _pair_view(x, pairs, pairing)
+    c2, s = _table_views(cos, sin, seq_axis)
     if torch.compiler.is_compiling():
-        o1, o2 = rotate_pairs(x1.to(c.dtype), x2.to(c.dtype), c, s)
-        x1.copy_(o1)
-        x2.copy_(o2)
+        o1, o2 = rotate_pairs(*xr.to(c2.dtype).unbind(-2), c2.select(-2, 0), s)
+        xr.copy_(torch.stack((o1, o2), -2))
         return
-    for a, b, cc, sc in _chunks(seq_axis, _LANE_CHUNK_ELEMENTS, x1, x2, c, s):
-        _rotate_lanes(a, b, cc, sc, a, b, 1.0)
+    rows = _block_rows(xr, seq_axis - 1, _IN_PLACE_CHUNK_BYTES)
+    for xrc, cc, sc in _blocks(rows, x.shape[seq_axis], (xr, seq_axis - 1), (c2, seq_axis - 1), (s, seq_axis)):
+        _rotate_block(xrc, cc, sc, xrc, 1.0)
 
 
 def _table_gradients(
@@ -1072,6 +1195,31 @@ def p_rope_tables(
     return _tables(positions_, params, _table_dtype(dtype))
 
 
+def _table_call_checks(
+    shape: torch.Size,
+    dtype: torch.dtype,
+    cos_shape: torch.Size,
+    cos_dtype: torch.dtype,
+    sin_shape: torch.Size,
+    pairing: object,
+    seq_axis: object,
+) -> tuple[str, int]:
+    """apply_p_rope_tables' checks after the types of inputs and tables, in SPEC.md's order, on
+    everything they read: the checked (pairing, seq_axis)."""
+    head_dim = shape[-1] if shape else 0
+    check_input_dtype(_torch_dtype_name(dtype), "inputs")
+    check_input_shape(tuple(shape), head_dim, "inputs")
+    pairing_ = check_pairing(pairing)
+    seq_axis_ = check_seq_axis(seq_axis)
+    check_tables(tuple(cos_shape), tuple(sin_shape), head_dim)
+    check_tables_dtype(_torch_dtype_name(cos_dtype), _torch_dtype_name(dtype))
+    check_positions_shape(tuple(cos_shape[:-1]), tuple(shape), seq_axis_, "tables")
+    return pairing_, seq_axis_
+
+
+_checked_table_call = memoized_checks(_table_call_checks, bypass=torch.compiler.is_compiling)
+
+
 def apply_p_rope_tables(
     inputs: torch.Tensor, tables: RopeTables, *, pairing: str = "split_half", seq_axis: int = -3
 ) -> torch.Tensor:
@@ -1079,18 +1227,14 @@ def apply_p_rope_tables(
     if not isinstance(tables, tuple) or len(tables) != 2:
         raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
     x = _check_tensor(inputs, "inputs")
-    head_dim = x.shape[-1] if x.dim() else 0
-    check_input_dtype(_torch_dtype_name(x.dtype), "inputs")
-    check_input_shape(tuple(x.shape), head_dim, "inputs")
-    pairing_ = check_pairing(pairing)
-    seq_axis_ = check_seq_axis(seq_axis)
-    cos, sin = (t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in tables)
-    check_tables(tuple(cos.shape), tuple(sin.shape), head_dim)
-    check_tables_dtype(_torch_dtype_name(cos.dtype), _torch_dtype_name(x.dtype))
-    check_positions_shape(tuple(cos.shape[:-1]), tuple(x.shape), seq_axis_, "tables")
+    cos, sin = tables
+    if not isinstance(cos, torch.Tensor) or not isinstance(sin, torch.Tensor):
+        cos, sin = (t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in tables)
+    pairing_, seq_axis_ = _checked_table_call(x.shape, x.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis)
     if cos.dtype != sin.dtype:
         sin = sin.to(cos.dtype)
-    cos, sin = cos.to(x.device), sin.to(x.device)  # no-ops where they already are
+    if cos.device != x.device or sin.device != x.device:
+        cos, sin = cos.to(x.device), sin.to(x.device)
     return _apply_rotation(x, RopeTables(cos, sin), pairing_, seq_axis_)
 
 
