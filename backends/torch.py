@@ -441,9 +441,8 @@ def _rotate_block(
 
 
 _HUGE_PAGE_BYTES = 1 << 21
-_PAGE_BYTES = mmap.PAGESIZE
 _ADVISE_MIN_BYTES = 1 << 22  # NumPy's threshold for the same advice
-_MADV_POPULATE_WRITE = 23  # Linux >= 5.14, every architecture; older kernels refuse it (EINVAL): ignored
+_TOUCH_STRIDE = 1 << 10  # bytes between first writes: under a 4 KiB page, and enough writes for every thread
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -467,11 +466,11 @@ def _madvise() -> Any:
 
 
 def _empty_like(x: torch.Tensor) -> torch.Tensor:
-    """torch.empty_like(x); on the CPU, a large output's memory is first advised to the kernel as huge
-    pages (as NumPy does for its arrays) and then mapped in one system call. Writing to fresh memory
-    otherwise takes a page fault per 4 KiB page, which costs as much as the copy itself and, taken
-    chunk by chunk by two threads, more (BENCHMARKS.md). Advice only: a kernel that refuses it (no
-    huge pages, no MADV_POPULATE_WRITE before Linux 5.14) leaves the memory as it was."""
+    """torch.empty_like(x); on the CPU, a large output's memory is advised to the kernel as huge
+    pages (as NumPy does for its arrays), then first written by every intra-op thread at once (one
+    byte per KiB). A first write to fresh memory takes a page fault, per 4 KiB page otherwise, which
+    costs about as much as a copy of the data; taken chunk by chunk, with two threads meeting on the
+    same huge page, more (BENCHMARKS.md). Advice only: a kernel that refuses it changes nothing."""
     out = torch.empty_like(x)
     storage = out.untyped_storage()
     nbytes = storage.nbytes()
@@ -482,10 +481,8 @@ def _empty_like(x: torch.Tensor) -> torch.Tensor:
         start = storage.data_ptr()
         first = -(-start // _HUGE_PAGE_BYTES) * _HUGE_PAGE_BYTES
         last = (start + nbytes) // _HUGE_PAGE_BYTES * _HUGE_PAGE_BYTES
-        if last > first:
-            madvise(first, last - first, mmap.MADV_HUGEPAGE)
-        first = start // _PAGE_BYTES * _PAGE_BYTES
-        madvise(first, -(-(start + nbytes) // _PAGE_BYTES) * _PAGE_BYTES - first, _MADV_POPULATE_WRITE)
+        if last > first and madvise(first, last - first, mmap.MADV_HUGEPAGE) == 0:
+            torch.empty(0, dtype=torch.uint8).set_(storage)[::_TOUCH_STRIDE].zero_()
     return out
 
 

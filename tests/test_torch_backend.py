@@ -255,22 +255,20 @@ def test_chunked_rotation_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_large_outputs_advised_as_huge_pages(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An output of 4 MiB or more gets huge-page advice on the 2 MiB-aligned part of its own memory and
-    is then mapped (MADV_POPULATE_WRITE), before it is written; smaller ones get none; the values
-    are the same either way."""
+    """An output of 4 MiB or more gets huge-page advice on the 2 MiB-aligned part of its own memory,
+    before it is written; smaller ones get none; the values are the same either way (the recorder
+    answers 0, success, so the first writes that follow the advice run too)."""
     calls: list[tuple[int, int, int]] = []
-    monkeypatch.setattr(pt, "_madvise", lambda: lambda start, length, advice: calls.append((start, length, advice)))
+    monkeypatch.setattr(pt, "_madvise", lambda: lambda *args: calls.append(args) or 0)
     rng = np.random.default_rng(11)
     x = normal(rng, layout((1,), 600, 4, 512, -3), "float32")  # 4.7 MiB
     positions = integer_positions(rng, (1, 600))
     out = pt.apply_p_rope(to_torch(x), to_torch(positions), 512, 1e6, 0.25)
     assert_conforms(out, x, positions, 512, 1e6, 0.25, level="strict", device="cpu")
-    (start, length, advice), (page, pages, populate) = calls
+    ((start, length, advice),) = calls
     begin, nbytes = out.untyped_storage().data_ptr(), out.untyped_storage().nbytes()
     assert advice == mmap.MADV_HUGEPAGE and start % (1 << 21) == 0 and length % (1 << 21) == 0
     assert begin <= start and start + length <= begin + nbytes and length >= nbytes - (1 << 22)
-    assert populate == 23 and page % mmap.PAGESIZE == 0 and pages % mmap.PAGESIZE == 0  # MADV_POPULATE_WRITE
-    assert page <= begin < page + mmap.PAGESIZE and begin + nbytes <= page + pages < begin + nbytes + mmap.PAGESIZE
     calls.clear()
     pt.apply_p_rope(to_torch(x[:, :100]), to_torch(positions[:, :100]), 512, 1e6, 0.25)  # 0.8 MiB
     assert calls == []

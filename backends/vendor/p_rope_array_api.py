@@ -500,10 +500,9 @@ def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lam
         if bypass():
             return checks(*args)
         try:
-            hash(args)
-        except TypeError:
+            return cached(*args)
+        except TypeError:  # unhashable (or a check's own TypeError, which this call raises again)
             return checks(*args)
-        return cached(*args)
 
     return call
 
