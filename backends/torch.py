@@ -14,11 +14,16 @@ Same names, signatures, errors and accuracy as the NumPy reference (spec/SPEC.md
 * outputs on the input's device (CPU, CUDA, MPS, ...); positions and tables on another device are
   moved there. float16, bfloat16, float32 (computed in float32, rounded once) and float64.
 * in place (``apply_p_rope_``): writes only the 2R rotated lanes of ``inputs`` and returns it.
-* speed (eager, the default): the sin/cos tables are built once per call at [..., L, R]; out of
-  place, long inputs are processed in chunks along L, each copied whole (a plain copy) and its
-  rotated lanes then overwritten while the chunk is in cache, four tensor operations per chunk
-  and no float32 temporaries; in place, only the rotated lanes are read and written. Under
-  torch.compile the rotation is the array-API core's expression, which the compiler fuses.
+* speed (eager, the default): the sin/cos tables are built once per call at [..., L, R]. The two
+  lanes of the rotated pairs are one strided [..., 2, R] view, so a rotation is three tensor
+  operations (x c into the output, then the two sin terms) with no float32 temporaries. Out of
+  place, inputs over 2 MiB go in chunks along L, each copied whole (a plain copy) and its rotated
+  lanes then overwritten while the chunk is in cache; with no NoPE lanes there is no copy, x c is
+  written straight into the output. On a Linux CPU, outputs of 4 MiB and more are advised to the
+  kernel as huge pages and first written by all intra-op threads at once (_empty_like; off with
+  P_ROPE_MADVISE_HUGEPAGE=0). In place, only the rotated lanes are read and written. Checks are
+  memoized per argument layout. Under torch.compile the rotation is the array-API core's
+  expression, which the compiler fuses.
 
 Tables (float32, SPEC.md's exact reduction modulo one turn; no float64 except on the CPU). The
 revolutions of pair i per unit position, r_i = w**(-2i/H) / (2 pi s) < 1, come from the 50-digit
