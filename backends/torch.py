@@ -380,19 +380,15 @@ def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
     return table.unsqueeze(-2 if seq_axis == -3 else -3)
 
 
-_TABLE_INDEX = {  # seq_axis: (cos against the pair view [..., 2, R], sin against one lane [..., R])
-    -3: ((..., None, None, slice(None)), (..., None, slice(None))),
-    -2: ((..., None, slice(None), None, slice(None)), (..., None, slice(None), slice(None))),
-}
-
-
 def _table_views(cos: torch.Tensor, sin: torch.Tensor, seq_axis: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c2, s): cos [B'..., L, R] shaped to broadcast against a pair view [B..., L, N, 2, R] (or
-    [B..., N, L, 2, R] with seq_axis=-2), sin against one lane [..., R]; tables [R]: L = 1."""
-    if cos.dim() == 1:
-        cos, sin = cos[None], sin[None]
-    pair_index, lane_index = _TABLE_INDEX[seq_axis]
-    return cos[pair_index], sin[lane_index]
+    """(c2, s): cos [B'..., L, R] viewed to broadcast against a pair view [B..., L, N, 2, R] (or
+    [B..., N, L, 2, R] with seq_axis=-2), sin against one lane [..., R]; tables [R]: L = 1. Views
+    that only insert dimensions of size 1 exist for any strides."""
+    shape = cos.shape
+    lead, length, pairs = shape[:-2], (shape[-2] if len(shape) > 1 else 1), shape[-1]
+    if seq_axis == -3:
+        return cos.view(*lead, length, 1, 1, pairs), sin.view(*lead, length, 1, pairs)
+    return cos.view(*lead, 1, length, 1, pairs), sin.view(*lead, 1, length, pairs)
 
 
 # Inputs are cut along L into chunks of about this many bytes: out of place, each chunk is copied,
