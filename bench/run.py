@@ -993,7 +993,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--include", type=Path, action="append", default=[], help="a --json file of another run to add as a section"
     )
-    parser.add_argument("--reps", type=int, default=None, help="samples per entry (default 11; 3 with --quick)")
+    parser.add_argument("--reps", type=int, default=None, help="samples per entry (default 21; 3 with --quick)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads")
     parser.add_argument("--only", default="", help="run only the cases whose 'layer mode dtype' contains this")
     return parser.parse_args(argv)
@@ -1016,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
         if not included.is_file():
             print(f"--include {included}: no such file", file=sys.stderr)
             return 2
-    reps = args.reps or (3 if args.quick else 11)
+    reps = args.reps or (3 if args.quick else 21)
     modes = QUICK_MODES if args.quick else MODES
     dtypes = ("float32",) if args.quick else DTYPES
     log = lambda message: print(message, file=sys.stderr, flush=True)
