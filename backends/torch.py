@@ -70,8 +70,6 @@ from p_rope._params import (  # vendor: inline
     check_same_batch,
     check_scale_factor,
     check_seq_axis,
-    check_tables,
-    check_tables_dtype,
     frequency_values,
     resolve_rotated_pairs,
     revolution_chunks,
@@ -82,6 +80,7 @@ from p_rope.backends._core import (  # vendor: inline
     rotate,
     rotate_pairs,
     rotated_lane_slices,
+    table_layout_checks,
 )
 
 __all__ = [
@@ -657,29 +656,7 @@ def p_rope_tables(
     return _tables(positions_, params, _table_dtype(dtype))
 
 
-def _table_call_checks(
-    shape: torch.Size,
-    dtype: torch.dtype,
-    cos_shape: torch.Size,
-    cos_dtype: torch.dtype,
-    sin_shape: torch.Size,
-    pairing: object,
-    seq_axis: object,
-) -> tuple[str, int]:
-    """apply_p_rope_tables' checks after the types of inputs and tables, in SPEC.md's order, on
-    everything they read: the checked (pairing, seq_axis)."""
-    head_dim = shape[-1] if shape else 0
-    check_input_dtype(_torch_dtype_name(dtype), "inputs")
-    check_input_shape(tuple(shape), head_dim, "inputs")
-    pairing_ = check_pairing(pairing)
-    seq_axis_ = check_seq_axis(seq_axis)
-    check_tables(tuple(cos_shape), tuple(sin_shape), head_dim)
-    check_tables_dtype(_torch_dtype_name(cos_dtype), _torch_dtype_name(dtype))
-    check_positions_shape(tuple(cos_shape[:-1]), tuple(shape), seq_axis_, "tables")
-    return pairing_, seq_axis_
-
-
-_checked_table_call = memoized_checks(_table_call_checks, bypass=torch.compiler.is_compiling)
+_checked_table_call = memoized_checks(table_layout_checks, bypass=torch.compiler.is_compiling)
 
 
 def apply_p_rope_tables(
@@ -692,7 +669,9 @@ def apply_p_rope_tables(
     cos, sin = tables
     if not isinstance(cos, torch.Tensor) or not isinstance(sin, torch.Tensor):
         cos, sin = (t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in tables)
-    pairing_, seq_axis_ = _checked_table_call(x.shape, x.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis)
+    pairing_, seq_axis_ = _checked_table_call(
+        x.shape, x.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis, "inputs"
+    )
     if cos.dtype != sin.dtype:
         sin = sin.to(cos.dtype)
     if cos.device != x.device or sin.device != x.device:

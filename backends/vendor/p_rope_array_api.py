@@ -520,7 +520,7 @@ def check_apply_tables(
     )
 
 
-def _table_layout_checks(
+def table_layout_checks(
     shape: Any, dtype: Any, cos_shape: Any, cos_dtype: Any, sin_shape: Any, pairing: Any, seq_axis: Any, argument: str
 ) -> tuple[str, int]:
     """check_apply_tables after the type checks, on everything the remaining checks read."""
@@ -535,7 +535,7 @@ def _table_layout_checks(
     return pairing, seq_axis
 
 
-_checked_table_layout = memoized_checks(_table_layout_checks)
+_checked_table_layout = memoized_checks(table_layout_checks)
 
 
 def prepare(
