@@ -20,6 +20,7 @@ packed sequences; special values and empty arrays; XLA's in-place buffer reuse.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import subprocess
@@ -136,6 +137,28 @@ def test_agrees_with_reference(
     with x64_if(dtype == "float64"):
         out = pj.apply_p_rope(to_jax(x, device), to_jax(positions, device), head_dim, w, p, **kwargs)
         assert_conforms(out, x, positions, head_dim, w, p, level="strict", device=device_name(device), **kwargs)
+
+
+@pytest.mark.parametrize(("small_bytes", "slices"), [(0, False), (1 << 40, True)], ids=["one-pass", "lane-slices"])
+@pytest.mark.parametrize("pairing", ["split_half", "interleaved"])
+def test_both_routes_without_nope_lanes(
+    monkeypatch: pytest.MonkeyPatch, small_bytes: int, slices: bool, pairing: str
+) -> None:
+    """With every lane rotated, inputs above _SMALL_BYTES take one fused pass and smaller ones (on
+    the CPU) write each lane's slice into a copy of x: both conform, whatever the size."""
+    monkeypatch.setattr(pj, "_SMALL_BYTES", small_bytes)  # read at trace time
+    jax.clear_caches()
+    rng = np.random.default_rng(23)
+    for seq_axis in (-3, -2):
+        x = normal(rng, layout((3,), 11, 5, 24, seq_axis), "float32")
+        positions = integer_positions(rng, (3, 11))
+        kwargs: dict[str, Any] = dict(pairing=pairing, seq_axis=seq_axis)
+        rotate = functools.partial(pj.apply_p_rope, head_dim=24, max_wavelength=1e4, rope_percentage=1.0, **kwargs)
+        jaxpr = str(jax.make_jaxpr(rotate)(x, positions))
+        assert ("dynamic_update_slice" in jaxpr) is slices
+        out = pj.apply_p_rope(jnp.asarray(x), jnp.asarray(positions), 24, 1e4, 1.0, **kwargs)
+        assert_conforms(out, x, positions, 24, 1e4, 1.0, level="strict", device="cpu", **kwargs)
+    jax.clear_caches()
 
 
 @pytest.mark.parametrize("positions_dtype", ["float32", "float64"])
