@@ -1069,7 +1069,8 @@ def _rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pair
     xr = _pair_view(x, pairs, pairing)
     c2, s = _table_views(cos, sin, seq_axis)
     if torch.compiler.is_compiling():
-        o1, o2 = rotate_pairs(*xr.to(c2.dtype).unbind(-2), c2.select(-2, 0), s)
+        a, b = xr.to(c2.dtype).unbind(-2)
+        o1, o2 = rotate_pairs(a, b, c2.select(-2, 0), s)
         xr.copy_(torch.stack((o1, o2), -2))
         return
     rows = _block_rows(xr, seq_axis - 1, _IN_PLACE_CHUNK_BYTES)
