@@ -312,27 +312,11 @@ _CHUNK = float(1 << CHUNK_BITS)
 
 
 def dtype_name(dtype: Any) -> str:
-    """'float32', 'bfloat16', 'int64', ... for a NumPy, JAX, torch or array-api-strict dtype
-    (memoized per dtype and its type: NumPy computes a dtype's name anew at every request)."""
-    key = (type(dtype), dtype)
-    try:
-        return _DTYPE_NAMES[key]
-    except KeyError:
-        pass
-    except TypeError:  # unhashable
-        return _dtype_name(dtype)
-    name = _DTYPE_NAMES[key] = _dtype_name(dtype)
-    return name
-
-
-def _dtype_name(dtype: Any) -> str:
+    """'float32', 'bfloat16', 'int64', ... for a NumPy, JAX, torch or array-api-strict dtype."""
     name = getattr(dtype, "name", None)
     if isinstance(name, str):
         return name
     return str(dtype).rsplit(".", 1)[-1].strip("'>")
-
-
-_DTYPE_NAMES: dict[tuple[type, Any], str] = {}
 
 
 def is_integer_dtype(name: str) -> bool:
