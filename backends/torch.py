@@ -367,9 +367,10 @@ def _pair_view(x: torch.Tensor, pairs: int, pairing: str) -> torch.Tensor:
         if pairing == "split_half":
             return x.unflatten(-1, (2, x.shape[-1] // 2))[..., :pairs]
         return x[..., : 2 * pairs].unflatten(-1, (pairs, 2)).transpose(-1, -2)
-    *outer, lane = x.stride()  # one call, where unflatten and slicing take three
-    apart, step = (lane * (x.shape[-1] // 2), lane) if pairing == "split_half" else (lane, 2 * lane)
-    return x.as_strided((*x.shape[:-1], 2, pairs), (*outer, apart, step), x.storage_offset())
+    stride = x.stride()  # one as_strided call, where unflatten and slicing take three
+    lane = stride[-1]
+    tail = (lane * (x.shape[-1] // 2), lane) if pairing == "split_half" else (lane, 2 * lane)
+    return x.as_strided(x.shape[:-1] + (2, pairs), stride[:-1] + tail, x.storage_offset())
 
 
 def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
@@ -587,7 +588,11 @@ class _Rotation(torch.autograd.Function):
 
 
 def _apply_rotation(x: torch.Tensor, tables: RopeTables, pairing: str, seq_axis: int) -> torch.Tensor:
-    cos, sin = tables
+    return _rotation(x, *tables, pairing, seq_axis)
+
+
+def _rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, seq_axis: int) -> torch.Tensor:
+    """x rotated by the tables: through autograd where a gradient is wanted, else directly."""
     if torch.is_grad_enabled() and (x.requires_grad or cos.requires_grad or sin.requires_grad):
         return _Rotation.apply(x, cos, sin, pairing, seq_axis, 1.0)
     return _rotate(x, cos, sin, pairing, seq_axis, 1.0)
@@ -677,7 +682,7 @@ def apply_p_rope_tables(
         sin = sin.to(cos.dtype)
     if cos.device != x.device or sin.device != x.device:
         cos, sin = cos.to(x.device), sin.to(x.device)
-    return _apply_rotation(x, RopeTables(cos, sin), pairing_, seq_axis_)
+    return _rotation(x, cos, sin, pairing_, seq_axis_)
 
 
 def apply_p_rope(
