@@ -890,7 +890,7 @@ def _pair_view(x: torch.Tensor, pairs: int, pairing: str) -> torch.Tensor:
     stride = x.stride()  # one as_strided call, where unflatten and slicing take three
     lane = stride[-1]
     tail = (lane * (x.shape[-1] // 2), lane) if pairing == "split_half" else (lane, 2 * lane)
-    return x.as_strided(x.shape[:-1] + (2, pairs), stride[:-1] + tail, x.storage_offset())
+    return x.as_strided((*x.shape[:-1], 2, pairs), stride[:-1] + tail, x.storage_offset())
 
 
 def _expand(table: torch.Tensor, seq_axis: int) -> torch.Tensor:
