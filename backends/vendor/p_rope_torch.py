@@ -1108,7 +1108,8 @@ class _Rotation(torch.autograd.Function):
 
 
 def _apply_rotation(x: torch.Tensor, tables: RopeTables, pairing: str, seq_axis: int) -> torch.Tensor:
-    return _rotation(x, *tables, pairing, seq_axis)
+    cos, sin = tables
+    return _rotation(x, cos, sin, pairing, seq_axis)
 
 
 def _rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, seq_axis: int) -> torch.Tensor:
