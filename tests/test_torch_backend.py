@@ -250,6 +250,29 @@ def test_chunked_rotation_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
         assert_conforms(inplace, x, graded, 32, 1e4, p, **kwargs)
 
 
+@pytest.mark.parametrize("kind", ["integer", "real", "non-contiguous", "scalar"])
+def test_chunked_cpu_tables_agree(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """The CPU's table build goes in chunks of positions (7 here, the last one short); every chunk,
+    batch axes, strided positions and non-finite ones included, matches the reference."""
+    monkeypatch.setattr(pt, "_TABLE_CHUNK_BYTES", 7 * 16 * 12)  # 7 positions of R = 12 pairs
+    rng = np.random.default_rng(11)
+    positions: np.ndarray = {
+        "integer": integer_positions(rng, (3, 17)),
+        "real": np.concatenate([rng.uniform(-MAX_POSITION, MAX_POSITION, 40), [np.nan, np.inf, -np.inf]]),
+        "non-contiguous": integer_positions(rng, (17, 6))[:, ::2].T,  # torch keeps these strides
+        "scalar": np.array(123_456_789),
+    }[kind]
+    tensor = torch.from_numpy(positions)
+    cos, sin = pt.p_rope_tables(tensor, 48, 1e4, 0.5)
+    assert cos.shape == sin.shape == (*positions.shape, 12)
+    exact = p_rope.p_rope_tables(positions, 48, 1e4, 0.5)
+    for table, reference in ((cos, exact.cos), (sin, exact.sin)):
+        values = table.double().numpy()
+        finite = np.isfinite(positions)
+        assert np.abs(values[finite] - reference[finite]).max() <= CPU_TABLE_BOUND
+        assert np.isnan(values[~finite]).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # special values, dtypes, empty arrays
 

@@ -830,11 +830,28 @@ def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torc
 def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> RopeTables:
     """float32 cos/sin of 2 pi frac(position * r_i) through float64 (the CPU route, where float64
     runs at full speed): the turns p r_i carry an error below 2**-30 turn for |p| <= 2**24, their
-    fraction is exact, so the tables are within 0.6 float32 units. Five operations."""
-    turns = torch.mul(positions.unsqueeze(-1), revolutions).frac_()  # exact; NaN for non-finite positions
-    offsets = _constant(_nested(_ANGLE_OFFSETS, turns.dim()), torch.float64, turns.device)  # [2, 1, ...]
-    values = torch.sin_(torch.add(offsets, turns, alpha=2 * math.pi)).to(torch.float32)
-    return RopeTables(*values.unbind(0))
+    fraction is exact, so the tables are within 0.6 float32 units. Five operations, in chunks of
+    positions whose float64 intermediates stay under _TABLE_CHUNK_BYTES."""
+    pairs = revolutions.shape[-1]
+    offsets = _constant(_nested(_ANGLE_OFFSETS, 2), torch.float64, revolutions.device)  # [2, 1, 1]
+    flat = positions.reshape(-1, 1)
+    rows = max(1, _TABLE_CHUNK_BYTES // (16 * max(1, pairs)))
+    if flat.shape[0] <= rows or torch.compiler.is_compiling():  # one chunk; a compiler fuses the expression
+        turns = torch.mul(flat, revolutions).frac_()  # exact; NaN for non-finite positions
+        values = torch.sin_(torch.add(offsets, turns, alpha=2 * math.pi)).to(torch.float32)
+        return RopeTables(*values.view(2, *positions.shape, pairs).unbind(0))
+    out = torch.empty((2, *positions.shape, pairs), dtype=torch.float32, device=revolutions.device)
+    flat_out = out.view(2, flat.shape[0], pairs)
+    for start in range(0, flat.shape[0], rows):
+        turns = torch.mul(flat[start : start + rows], revolutions).frac_()
+        flat_out[:, start : start + rows].copy_(torch.add(offsets, turns, alpha=2 * math.pi).sin_())
+    return RopeTables(out[0], out[1])
+
+
+# The CPU table build goes in chunks of positions whose float64 intermediates take at most this
+# many bytes: the allocator hands back small blocks warm, while a large one is mapped afresh by the
+# kernel on most calls, a page fault per 4 KiB, which costs as much as the build (BENCHMARKS.md).
+_TABLE_CHUNK_BYTES = 1 << 20
 
 
 def _nested(values: tuple[Any, ...], depth: int) -> tuple[Any, ...]:
@@ -875,9 +892,15 @@ def _tables(positions: torch.Tensor, params: tuple[int, float, int, float], dtyp
 
 
 def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Views of the first and second elements of the R rotated pairs."""
-    first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
-    return x[..., first], x[..., second]
+    """[..., R] views of the first and second elements of the R rotated pairs of x [..., H]."""
+    if torch.compiler.is_compiling():  # no strides or storage offsets in a traced graph
+        first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
+        return x[..., first], x[..., second]
+    stride, offset = x.stride(), x.storage_offset()  # as_strided: cheaper than slicing
+    lane = stride[-1]
+    size, strides = (*x.shape[:-1], pairs), (*stride[:-1], lane if pairing == "split_half" else 2 * lane)
+    second = offset + (lane * (x.shape[-1] // 2) if pairing == "split_half" else lane)
+    return x.as_strided(size, strides, offset), x.as_strided(size, strides, second)
 
 
 def _pair_view(x: torch.Tensor, pairs: int, pairing: str) -> torch.Tensor:
@@ -961,6 +984,27 @@ def _rotate_block(
     return out
 
 
+def _rotate_lanes(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    c: torch.Tensor,
+    s: torch.Tensor,
+    o1: torch.Tensor,
+    o2: torch.Tensor,
+    direction: float,
+) -> None:
+    """(o1, o2) = (x1 c - d x2 s, x2 c + d x1 s), d = direction, for lane views x1, x2, o1, o2
+    [..., R] (_lanes) and tables c, s (_expand), computed in the tables' dtype and rounded once to
+    o1's; the o lanes must not overlap the x lanes. Four operations, on views that cost less to make
+    than a pair view and its two lanes: small inputs, where per-call overhead dominates."""
+    if o1.dtype == c.dtype:
+        torch.mul(x1, c, out=o1).addcmul_(x2, s, value=-direction)
+        torch.mul(x2, c, out=o2).addcmul_(x1, s, value=direction)
+    else:  # a wider computation dtype, rounded once
+        o1.copy_(torch.mul(x1, c).addcmul_(x2, s, value=-direction))
+        o2.copy_(torch.mul(x2, c).addcmul_(x1, s, value=direction))
+
+
 _HUGE_PAGE_BYTES = 1 << 21
 _ADVISE_MIN_BYTES = 1 << 22  # NumPy's threshold for the same advice
 _TOUCH_STRIDE = 1 << 10  # bytes between first writes: under a 4 KiB page, and enough writes for every thread
@@ -1019,15 +1063,17 @@ def _rotate(
     pairs = cos.shape[-1]
     if torch.compiler.is_compiling():  # the array-API core, which the compiler fuses
         return rotate(array_api_compat.torch, x, RopeTables(cos, sin if direction > 0 else -sin), pairing, seq_axis)
-    c2, s = _table_views(cos, sin, seq_axis)
     if pairs == 0 or x.numel() * x.element_size() <= _CHUNK_BYTES:
-        if 2 * pairs == x.shape[-1] and pairing == "split_half" and x.dtype == c2.dtype:
+        if 2 * pairs == x.shape[-1] and pairing == "split_half" and x.dtype == cos.dtype:
             # every lane rotated: no copy; the product x c, laid out as x, becomes the output
+            c2, s = _table_views(cos, sin, seq_axis)
             return _rotate_block(_pair_view(x, pairs, pairing), c2, s, None, direction).flatten(-2)
         out = x.clone()
         if pairs:
-            _rotate_block(_pair_view(x, pairs, pairing), c2, s, _pair_view(out, pairs, pairing), direction)
+            c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
+            _rotate_lanes(*_lanes(x, pairs, pairing), c, s, *_lanes(out, pairs, pairing), direction)
         return out
+    c2, s = _table_views(cos, sin, seq_axis)
     out = _empty_like(x)
     copy = 2 * pairs < x.shape[-1]  # NoPE lanes to copy
     xr, outr = _pair_view(x, pairs, pairing), _pair_view(out, pairs, pairing)
