@@ -250,6 +250,43 @@ def test_chunked_rotation_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
         assert_conforms(inplace, x, graded, 32, 1e4, p, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("seq_axis", "length", "positions_batched"), [(-3, 1, True), (-3, 3, False), (-2, 1, True), (-2, 5, True)]
+)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_short_sequences_in_a_large_batch_go_in_bounded_chunks(
+    monkeypatch: pytest.MonkeyPatch, seq_axis: int, length: int, positions_batched: bool, dtype: str
+) -> None:
+    """Where one row of L is larger than a chunk (decode with a large batch), the batch axis is cut
+    too: every rotated block stays within its chunk's bytes (so do the temporaries, SPEC.md's memory
+    rule), tables shared across the batch or not, and every output conforms."""
+    monkeypatch.setattr(pt, "_CHUNK_BYTES", 1500)
+    monkeypatch.setattr(pt, "_IN_PLACE_CHUNK_BYTES", 1000)
+    blocks: list[tuple[int, bool]] = []
+    rotate_block = pt._rotate_block
+
+    def recorded(xr: torch.Tensor, c2: torch.Tensor, s: torch.Tensor, out: Any, direction: float) -> Any:
+        blocks.append((xr.numel() * xr.element_size(), out is xr))
+        return rotate_block(xr, c2, s, out, direction)
+
+    monkeypatch.setattr(pt, "_rotate_block", recorded)
+    rng = np.random.default_rng(13)
+    x = normal(rng, layout((23,), length, 2, 32, seq_axis), dtype)  # one row of L: 23 * 2 * 32 lanes
+    positions = integer_positions(rng, (23, length) if positions_batched else (length,))
+    graded = np.broadcast_to(positions, (23, length))
+    out = pt.apply_p_rope(to_torch(x), to_torch(positions), 32, 1e4, 0.5, seq_axis=seq_axis)
+    inplace = to_torch(x)
+    pt.apply_p_rope_(inplace, to_torch(positions), 32, 1e4, 0.5, seq_axis=seq_axis)
+    for result in (out, inplace):
+        assert_conforms(result, x, graded, 32, 1e4, 0.5, seq_axis=seq_axis, level="strict", device="cpu")
+    out_of_place = [size for size, in_place in blocks if not in_place]
+    in_place = [size for size, in_place in blocks if in_place]
+    assert len(out_of_place) > 1 and len(in_place) > 1
+    assert max(out_of_place) <= 1500 // 2  # the rotated half (p = 0.5) of a chunk of x
+    assert max(in_place) <= 1000  # a chunk of the rotated lanes
+    assert sum(in_place) == sum(out_of_place) == 23 * length * 2 * 16 * np.dtype(x.dtype).itemsize
+
+
 @pytest.mark.parametrize("kind", ["integer", "real", "non-contiguous", "scalar"])
 def test_chunked_cpu_tables_agree(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """The CPU's table build goes in chunks of positions (7 here, the last one short); every chunk,

@@ -16,8 +16,9 @@ Same names, signatures, errors and accuracy as the NumPy reference (spec/SPEC.md
 * in place (``apply_p_rope_``): writes only the 2R rotated lanes of ``inputs`` and returns it.
 * speed (eager, the default): the sin/cos tables are built once per call at [..., L, R]. The two
   lanes of the rotated pairs are one strided [..., 2, R] view, so a rotation is three tensor
-  operations (x c into the output, then the two sin terms) with no float32 temporaries. Out of
-  place, inputs over 2 MiB go in chunks along L, each copied whole (a plain copy) and its rotated
+  operations (x c into the output, then the two sin terms) with no float32 temporaries; small
+  inputs (2 MiB or less) take a clone and four one-lane operations, on views that are cheaper to
+  make, per-call overhead dominating there. Out of place, inputs over 2 MiB go in chunks along L, each copied whole (a plain copy) and its rotated
   lanes then overwritten while the chunk is in cache; with no NoPE lanes there is no copy, x c is
   written straight into the output. On a Linux CPU, outputs of 4 MiB and more are advised to the
   kernel as huge pages and first written by all intra-op threads at once (_empty_like; off with
@@ -37,7 +38,8 @@ evaluation of p_rope._params as a 60-bit fixed-point integer F_i (exact to 2**-6
   to float32 once and multiplied by 2 pi held as two float32 numbers. Within SPEC.md's 2.5 float32
   units of the exact cos/sin (measured: at most 1.63 up to |p| = 2**24); 13 operations per entry.
 * the CPU: the turns p * r_i in float64 (error below 2**-30 turn for |p| <= 2**24), their exact
-  fraction, and sin in float64 rounded once to float32: within 0.6 float32 units; 5 operations.
+  fraction, and sin in float64 rounded once to float32: within 0.6 float32 units; 5 operations,
+  in chunks of positions whose float64 intermediates stay under 1 MiB (_TABLE_CHUNK_BYTES).
 
 Both meet SPEC.md's strict level for |p| <= 2**24, integer or real. float64 computation (float64
 inputs) uses float64 tables, cos/sin(p * freq), as the array-API core does.
@@ -1056,7 +1058,7 @@ def _rotate(
 ) -> torch.Tensor:
     """A new tensor: x rotated by the tables (direction -1: the inverse rotation); NoPE lanes copied.
 
-    Small inputs: a clone, then three operations on its rotated lanes (per-call overhead dominates).
+    Small inputs: a clone, then four operations on its rotated lanes (per-call overhead dominates).
     Large inputs go in chunks along L: each chunk is copied whole (a plain copy of contiguous rows),
     then its rotated lanes are overwritten while it is in cache; without NoPE lanes, no copy.
     """
