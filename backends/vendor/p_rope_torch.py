@@ -18,11 +18,15 @@ Same names, signatures, errors and accuracy as the NumPy reference (spec/SPEC.md
   lanes of the rotated pairs are one strided [..., 2, R] view, so a rotation is three tensor
   operations (x c into the output, then the two sin terms) with no float32 temporaries; small
   inputs (2 MiB or less) take a clone and four one-lane operations, on views that are cheaper to
-  make, per-call overhead dominating there. Out of place, inputs over 2 MiB go in chunks along L, each copied whole (a plain copy) and its rotated
-  lanes then overwritten while the chunk is in cache; with no NoPE lanes there is no copy, x c is
-  written straight into the output. On a Linux CPU, outputs of 4 MiB and more are advised to the
-  kernel as huge pages and first written by all intra-op threads at once (_empty_like; off with
-  P_ROPE_MADVISE_HUGEPAGE=0). In place, only the rotated lanes are read and written. Checks are
+  make, per-call overhead dominating there. Out of place, inputs over 2 MiB go in chunks along L
+  (and along the first batch axis where one row of L is larger: short sequences in a large batch),
+  each copied whole (a plain copy) and its rotated lanes then overwritten while the chunk is in
+  cache; with no NoPE lanes there is no copy, x c is written straight into the output. On a Linux
+  CPU, outputs of 4 MiB and more are advised to the kernel as huge pages and first written by all
+  intra-op threads at once (_empty_like; off with P_ROPE_MADVISE_HUGEPAGE=0). In place, only the
+  rotated lanes are read and written, in chunks of 512 KiB of them. Temporaries (one lane of a
+  chunk in place; the float32 rotated lanes of a chunk for 16-bit inputs) are bounded by the chunk
+  size whatever B and L (the batch cut is along the first axis only). Checks are
   memoized per argument layout. Under torch.compile the rotation is the array-API core's
   expression, which the compiler fuses.
 
@@ -600,6 +604,7 @@ import math
 import mmap
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import array_api_compat.torch
@@ -936,27 +941,46 @@ def _table_views(cos: torch.Tensor, sin: torch.Tensor, seq_axis: int) -> tuple[t
     return cos.view(*lead, 1, length, 1, pairs), sin.view(*lead, 1, length, pairs)
 
 
-# Inputs are cut along L into chunks of about this many bytes: out of place, each chunk is copied,
-# then rotated while it and its output are still in cache. Larger chunks fall out of cache; smaller
-# ones pay more per-call overhead (a few microseconds per operation) and leave an intra-op thread
-# idle (torch splits an operation only above 32768 elements). Measured best on the 2-core CPU of
-# BENCHMARKS.md. In place, the chunk is the rotated lanes alone.
+# Inputs are cut along L (and the first batch axis, _chunks) into chunks of about this many bytes:
+# out of place, each chunk is copied, then rotated while it and its output are still in cache.
+# Larger chunks fall out of cache; smaller ones pay more per-call overhead (a few microseconds per
+# operation) and leave an intra-op thread idle (torch splits an operation only above 32768
+# elements). Measured best on the 2-core CPU of BENCHMARKS.md. In place, the chunk is the rotated
+# lanes alone.
 _CHUNK_BYTES = 1 << 21
 _IN_PLACE_CHUNK_BYTES = 1 << 19
 
 
-def _block_rows(x: torch.Tensor, seq_axis: int, chunk_bytes: int) -> int:
-    """Rows along L per chunk of about chunk_bytes of x (all of L when x is that small)."""
-    length = x.shape[seq_axis]
-    row_bytes = x.numel() // length * x.element_size() if length else 0
-    return max(1, chunk_bytes // row_bytes) if row_bytes else max(1, length)
+def _chunks(
+    measure: torch.Tensor, seq_axis: int, batched: bool, chunk_bytes: int, *pieces: tuple[torch.Tensor, int]
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Tuples of the pieces (each a tensor and its L dimension, counted from the right) cut in chunks
+    of about chunk_bytes of ``measure`` (whose L dimension is seq_axis): along L; where one row of L
+    is larger than that (a short sequence in a large batch) and ``batched`` (the first axis is a
+    batch axis), along the first axis too: several whole sequences per chunk, or one batch row's
+    sequence cut along L. A piece of size 1 on a cut dimension, or without it (a broadcast table), is
+    repeated in every chunk."""
+    length = measure.shape[seq_axis]
+    row_bytes = measure.numel() // length * measure.element_size() if length else 0
+    if row_bytes <= chunk_bytes or not batched or measure.shape[0] <= 1:
+        yield from _blocks(max(1, chunk_bytes // row_bytes) if row_bytes else max(1, length), length, *pieces)
+        return
+    batch = measure.shape[0]
+    batch_row_bytes = row_bytes // batch  # one row of L of one batch row
+    if batch_row_bytes * length <= chunk_bytes:
+        batch_rows, rows = chunk_bytes // (batch_row_bytes * length), length
+    else:
+        batch_rows, rows = 1, max(1, chunk_bytes // batch_row_bytes)
+    lead = measure.dim() + seq_axis  # dimensions before L
+    for part in _blocks(batch_rows, batch, *((t, d - lead) for t, d in pieces)):
+        yield from _blocks(rows, length, *zip(part, (d for _, d in pieces), strict=True))
 
 
-def _blocks(rows: int, length: int, *pieces: tuple[torch.Tensor, int]) -> Any:
+def _blocks(rows: int, length: int, *pieces: tuple[torch.Tensor, int]) -> Iterator[tuple[torch.Tensor, ...]]:
     """Tuples of the tensors cut along their given dimension in blocks of ``rows`` of ``length``; a
-    tensor of size 1 there (a broadcast table) is repeated in every tuple."""
+    tensor of size 1 there, or without that dimension (a broadcast table), is repeated in every tuple."""
     count = max(1, -(-length // rows))
-    parts = [t.split(rows, dim) if t.shape[dim] != 1 else (t,) * count for t, dim in pieces]
+    parts = [t.split(rows, dim) if t.dim() >= -dim and t.shape[dim] != 1 else (t,) * count for t, dim in pieces]
     return zip(*parts, strict=True)
 
 
@@ -1087,7 +1111,7 @@ def _rotate(
         (c2, seq_axis - 1),
         (s, seq_axis),
     )
-    for xc, oc, xrc, orc, cc, sc in _blocks(_block_rows(x, seq_axis, _CHUNK_BYTES), x.shape[seq_axis], *pieces):
+    for xc, oc, xrc, orc, cc, sc in _chunks(x, seq_axis, x.dim() > 3, _CHUNK_BYTES, *pieces):
         if copy:
             oc.copy_(xc)
         _rotate_block(xrc, cc, sc, orc, direction)
@@ -1106,8 +1130,8 @@ def _rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pair
         o1, o2 = rotate_pairs(a, b, c2.select(-2, 0), s)
         xr.copy_(torch.stack((o1, o2), -2))
         return
-    rows = _block_rows(xr, seq_axis - 1, _IN_PLACE_CHUNK_BYTES)
-    for xrc, cc, sc in _blocks(rows, x.shape[seq_axis], (xr, seq_axis - 1), (c2, seq_axis - 1), (s, seq_axis)):
+    pieces = ((xr, seq_axis - 1), (c2, seq_axis - 1), (s, seq_axis))
+    for xrc, cc, sc in _chunks(xr, seq_axis - 1, x.dim() > 3, _IN_PLACE_CHUNK_BYTES, *pieces):
         _rotate_block(xrc, cc, sc, xrc, 1.0)
 
 
