@@ -378,6 +378,18 @@ def _tables(positions: torch.Tensor, params: tuple[int, float, int, float], dtyp
 # rotation
 
 
+def _heads_first_lanes(x: torch.Tensor, pairs: int, pairing: str, seq_axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, B..., L, R] views of the first and second elements of the R rotated pairs of x
+    [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2): heads first, tables [B'..., L, R]
+    broadcast against them as they are, with no view of their own. Eager mode only."""
+    shape, stride, offset = x.shape, x.stride(), x.storage_offset()
+    heads, lane = x.dim() + (-2 if seq_axis == -3 else -3), stride[-1]
+    size = (shape[heads], *shape[:heads], *shape[heads + 1 : -1], pairs)
+    strides = (stride[heads], *stride[:heads], *stride[heads + 1 : -1], lane if pairing == "split_half" else 2 * lane)
+    second = offset + (lane * (shape[-1] // 2) if pairing == "split_half" else lane)
+    return x.as_strided(size, strides, offset), x.as_strided(size, strides, second)
+
+
 def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, torch.Tensor]:
     """[..., R] views of the first and second elements of the R rotated pairs of x [..., H]."""
     if torch.compiler.is_compiling():  # no strides or storage offsets in a traced graph
@@ -499,10 +511,12 @@ def _rotate_lanes(
     o2: torch.Tensor,
     direction: float,
 ) -> None:
-    """(o1, o2) = (x1 c - d x2 s, x2 c + d x1 s), d = direction, for lane views x1, x2, o1, o2
-    [..., R] (_lanes) and tables c, s (_expand), computed in the tables' dtype and rounded once to
-    o1's; the o lanes must not overlap the x lanes. Four operations, on views that cost less to make
-    than a pair view and its two lanes: small inputs, where per-call overhead dominates."""
+    """(o1, o2) = (x1 c - d x2 s, x2 c + d x1 s), d = direction, for heads-first lane views x1, x2,
+    o1, o2 [N, B..., L, R] (_heads_first_lanes) and the tables c, s [B'..., L, R] as they are;
+    computed in the tables' dtype and rounded once to o1's; the o lanes must not overlap the x
+    lanes. Four operations and four views, against three operations and six views (two pair views,
+    their lanes, two table views) for the pair view: small inputs, where per-call overhead
+    dominates."""
     if o1.dtype == c.dtype:
         torch.mul(x1, c, out=o1).addcmul_(x2, s, value=-direction)
         torch.mul(x2, c, out=o2).addcmul_(x1, s, value=direction)
@@ -576,8 +590,8 @@ def _rotate(
             return _rotate_block(_pair_view(x, pairs, pairing), c2, s, None, direction).flatten(-2)
         out = x.clone()
         if pairs:
-            c, s = _expand(cos, seq_axis), _expand(sin, seq_axis)
-            _rotate_lanes(*_lanes(x, pairs, pairing), c, s, *_lanes(out, pairs, pairing), direction)
+            lanes = _heads_first_lanes(x, pairs, pairing, seq_axis) + _heads_first_lanes(out, pairs, pairing, seq_axis)
+            _rotate_lanes(lanes[0], lanes[1], cos, sin, lanes[2], lanes[3], direction)
         return out
     c2, s = _table_views(cos, sin, seq_axis)
     out = _empty_like(x)

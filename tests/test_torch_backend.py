@@ -287,6 +287,29 @@ def test_short_sequences_in_a_large_batch_go_in_bounded_chunks(
     assert sum(in_place) == sum(out_of_place) == 23 * length * 2 * 16 * np.dtype(x.dtype).itemsize
 
 
+@pytest.mark.parametrize("positions_shape", [(), (4,), (3, 4), (2, 3, 4)])
+@pytest.mark.parametrize("pairing", ["split_half", "interleaved"])
+@pytest.mark.parametrize("seq_axis", [-3, -2])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_small_inputs_with_tables_of_every_rank(
+    positions_shape: tuple[int, ...], pairing: str, seq_axis: int, dtype: str
+) -> None:
+    """Small inputs are rotated on heads-first lane views, against which tables of any rank (shared
+    across batch axes or not) broadcast as they are; inputs with two batch axes and a strided
+    (non-contiguous) input too."""
+    rng = np.random.default_rng(len(positions_shape) * 4 - seq_axis)
+    x = normal(rng, layout((2, 3), 4, 5, 24, seq_axis), dtype)
+    positions = integer_positions(rng, positions_shape) if positions_shape else np.array(77_777)
+    graded = np.broadcast_to(positions, (2, 3, 4))
+    tables = pt.p_rope_tables(to_torch(positions), 24, 1e4, 0.5)
+    inputs = to_torch(x)
+    out = pt.apply_p_rope_tables(inputs, tables, pairing=pairing, seq_axis=seq_axis)
+    assert_conforms(out, x, graded, 24, 1e4, 0.5, pairing=pairing, seq_axis=seq_axis, level="strict", device="cpu")
+    strided = inputs.transpose(0, 1).contiguous().transpose(0, 1)  # same values, batch axes swapped in memory
+    out = pt.apply_p_rope_tables(strided, tables, pairing=pairing, seq_axis=seq_axis)
+    assert_conforms(out, x, graded, 24, 1e4, 0.5, pairing=pairing, seq_axis=seq_axis, level="strict", device="cpu")
+
+
 @pytest.mark.parametrize("kind", ["integer", "real", "non-contiguous", "scalar"])
 def test_chunked_cpu_tables_agree(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """The CPU's table build goes in chunks of positions (7 here, the last one short); every chunk,
