@@ -391,15 +391,9 @@ def _heads_first_lanes(x: torch.Tensor, pairs: int, pairing: str, seq_axis: int)
 
 
 def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """[..., R] views of the first and second elements of the R rotated pairs of x [..., H]."""
-    if torch.compiler.is_compiling():  # no strides or storage offsets in a traced graph
-        first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
-        return x[..., first], x[..., second]
-    stride, offset = x.stride(), x.storage_offset()  # as_strided: cheaper than slicing
-    lane = stride[-1]
-    size, strides = (*x.shape[:-1], pairs), (*stride[:-1], lane if pairing == "split_half" else 2 * lane)
-    second = offset + (lane * (x.shape[-1] // 2) if pairing == "split_half" else lane)
-    return x.as_strided(size, strides, offset), x.as_strided(size, strides, second)
+    """Views of the first and second elements of the R rotated pairs."""
+    first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
+    return x[..., first], x[..., second]
 
 
 def _pair_view(x: torch.Tensor, pairs: int, pairing: str) -> torch.Tensor:
