@@ -1091,7 +1091,7 @@ def _rotate(
     """A new tensor: x rotated by the tables (direction -1: the inverse rotation); NoPE lanes copied.
 
     Small inputs: a clone, then four operations on its rotated lanes (per-call overhead dominates).
-    Large inputs go in chunks along L: each chunk is copied whole (a plain copy of contiguous rows),
+    Large inputs go in chunks (_chunks): each chunk is copied whole (a plain copy of contiguous rows),
     then its rotated lanes are overwritten while it is in cache; without NoPE lanes, no copy.
     """
     pairs = cos.shape[-1]
