@@ -322,7 +322,7 @@ def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> 
     pairs = revolutions.shape[-1]
     offsets = _constant(_nested(_ANGLE_OFFSETS, 2), torch.float64, revolutions.device)  # [2, 1, 1]
     flat = positions.reshape(-1, 1)
-    rows = max(1, _TABLE_CHUNK_BYTES // (16 * max(1, pairs)))
+    rows = max(1, _TABLE_CHUNK_BYTES // (16 * max(1, pairs)))  # float64 angles [2, rows, R]: 16 bytes a pair
     if flat.shape[0] <= rows or torch.compiler.is_compiling():  # one chunk; a compiler fuses the expression
         turns = torch.mul(flat, revolutions).frac_()  # exact; NaN for non-finite positions
         values = torch.sin_(torch.add(offsets, turns, alpha=2 * math.pi)).to(torch.float32)
@@ -607,7 +607,7 @@ def _rotate(
 
 
 def _rotate_in_place(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str, seq_axis: int) -> None:
-    """Rotate the 2R rotated lanes of x where they are, in chunks along L; NoPE lanes untouched."""
+    """Rotate the 2R rotated lanes of x where they are, in chunks (_chunks); NoPE lanes untouched."""
     pairs = cos.shape[-1]
     if not pairs or x.numel() == 0:
         return
