@@ -6,6 +6,7 @@ imported only when asked for.
 """
 
 from ._params import SPEC_VERSION, RopeTables
+from .config import RopeParams, params_from_gemma_config, params_from_hf_config
 from .reference import (
     apply_p_rope,
     apply_p_rope_,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SPEC_VERSION",
+    "RopeParams",
     "RopeTables",
     "__version__",
     "apply_p_rope",
@@ -28,5 +30,7 @@ __all__ = [
     "apply_p_rope_tables",
     "frequencies",
     "p_rope_tables",
+    "params_from_gemma_config",
+    "params_from_hf_config",
     "rotated_pair_count",
 ]
