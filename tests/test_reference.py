@@ -8,6 +8,7 @@ different calls (a permutation, a transpose, a shift of positions, a change of d
 from __future__ import annotations
 
 import math
+from decimal import Decimal, localcontext
 from fractions import Fraction
 
 import ml_dtypes
@@ -79,45 +80,65 @@ def test_gemma_published_values(dtype: type) -> None:
         assert np.array_equal(out[1], x[1])  # position 0 returns the input
 
 
+def exact_rotation(a: float, b: float, angle: Decimal | int) -> tuple[Fraction, Fraction]:
+    """(a, b) turned by an exactly given angle, in exact arithmetic (SPEC.md section 2's formula)."""
+    cos, sin = exact_cos_sin(angle)
+    return Fraction(a) * cos - Fraction(b) * sin, Fraction(b) * cos + Fraction(a) * sin
+
+
+def assert_within_reference_error(out: np.ndarray, exact: list[Fraction], pairs: list[tuple[float, float, float]]):
+    """Each output within E = nx 2**-53 (5 + 2 theta) of the exact value, pairs listing (a, b, theta) per
+    output. E is the reference's own error on any platform (SPEC.md section 10: an angle within 2 units
+    of 2**-53 theta, float64 cos and sin within 1.5 units in the last place, two roundings)."""
+    for got, want, (a, b, theta) in zip(out.tolist(), exact, pairs, strict=True):
+        error = abs(Fraction(got) - want)
+        assert error <= Fraction(math.hypot(a, b) * 2.0**-53 * (5 + 2 * theta)) * (1 + Fraction(1, 2**40)), (got, want)
+
+
 def test_hand_derived_h2() -> None:
     """H = 2: one pair (x0, x1), frequency w**0 = 1 whatever w, angle = position / scale_factor."""
     x = np.array([3.0, 4.0]).reshape(1, 1, 1, 2)
     for w in (2.0, 10_000.0):
         out = p_rope.apply_p_rope(x, np.array([[2]]), 2, w)
-        c, s = math.cos(2.0), math.sin(2.0)
-        np.testing.assert_allclose(out.ravel(), [3 * c - 4 * s, 4 * c + 3 * s], rtol=0, atol=1e-15)
+        assert_within_reference_error(out.ravel(), list(exact_rotation(3, 4, 2)), [(3, 4, 2)] * 2)
     out = p_rope.apply_p_rope(x, np.array([[1]]), 2, scale_factor=2.0)
-    c, s = math.cos(0.5), math.sin(0.5)
-    np.testing.assert_allclose(out.ravel(), [3 * c - 4 * s, 4 * c + 3 * s], rtol=0, atol=1e-15)
+    assert_within_reference_error(out.ravel(), list(exact_rotation(3, 4, Decimal("0.5"))), [(3, 4, 0.5)] * 2)
 
 
 def test_hand_derived_h4() -> None:
     """H = 4, w = 100: frequencies [1, 100**-0.5 = 0.1]; position 3 gives angles 3 and 0.3."""
     x = np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 1, 4)
     pos = np.array([[3]])
+    angle = Decimal("0.3")
+    rot = exact_rotation
 
-    def rot(a: float, b: float, angle: float) -> tuple[float, float]:
-        return a * math.cos(angle) - b * math.sin(angle), b * math.cos(angle) + a * math.sin(angle)
-
-    (o0, o2), (o1, o3) = rot(1, 3, 3.0), rot(2, 4, 0.3)  # split_half pairs (0, 2) and (1, 3)
+    (o0, o2), (o1, o3) = rot(1, 3, 3), rot(2, 4, angle)  # split_half pairs (0, 2) and (1, 3)
     out = p_rope.apply_p_rope(x, pos, 4, 100)
-    np.testing.assert_allclose(out.ravel(), [o0, o1, o2, o3], rtol=0, atol=1e-15)
-    (o0, o1), (o2, o3) = rot(1, 2, 3.0), rot(3, 4, 0.3)  # interleaved pairs (0, 1) and (2, 3)
+    thetas = [(1, 3, 3), (2, 4, 0.3), (1, 3, 3), (2, 4, 0.3)]
+    assert_within_reference_error(out.ravel(), [o0, o1, o2, o3], thetas)
+    (o0, o1), (o2, o3) = rot(1, 2, 3), rot(3, 4, angle)  # interleaved pairs (0, 1) and (2, 3)
     out = p_rope.apply_p_rope(x, pos, 4, 100, pairing="interleaved")
-    np.testing.assert_allclose(out.ravel(), [o0, o1, o2, o3], rtol=0, atol=1e-15)
+    assert_within_reference_error(out.ravel(), [o0, o1, o2, o3], [(1, 2, 3), (1, 2, 3), (3, 4, 0.3), (3, 4, 0.3)])
 
     # p = 0.5: R = 1, only pair 0 (the highest frequency) turns; lanes 1 and 3 are NoPE lanes.
-    o0, o2 = rot(1, 3, 3.0)
+    o0, o2 = rot(1, 3, 3)
     for kwargs in ({"rope_percentage": 0.5}, {"rotated_pairs": 1}):
-        out = p_rope.apply_p_rope(x, pos, 4, 100, **kwargs)
-        np.testing.assert_allclose(out.ravel(), [o0, 2.0, o2, 4.0], rtol=0, atol=1e-15)
+        out = p_rope.apply_p_rope(x, pos, 4, 100, **kwargs).ravel()
+        assert out[1] == 2.0 and out[3] == 4.0
+        assert_within_reference_error(out[[0, 2]], [o0, o2], [(1, 3, 3)] * 2)
 
     # H = 8, p = 0.5: pairs (0, 4), (1, 5) at frequencies 1 and w**(-2/8) = 100**-0.25 (the ladder over
     # the full H, not over the 4 rotated lanes, and not the NeoX lanes 0..3).
     x8 = np.arange(1.0, 9.0).reshape(1, 1, 1, 8)
     out = p_rope.apply_p_rope(x8, pos, 8, 100, 0.5).ravel()
-    (a0, a4), (a1, a5) = rot(1, 5, 3.0), rot(2, 6, 3.0 * 100**-0.25)
-    np.testing.assert_allclose(out, [a0, a1, 3, 4, a4, a5, 7, 8], rtol=0, atol=1e-15)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        slow = 3 / Decimal(10).sqrt()  # 3 * 100**-0.25
+    (a0, a4), (a1, a5) = rot(1, 5, 3), rot(2, 6, slow)
+    assert out[[2, 3, 6, 7]].tolist() == [3, 4, 7, 8]
+    assert_within_reference_error(
+        out[[0, 1, 4, 5]], [a0, a1, a4, a5], [(1, 5, 3), (2, 6, 0.95), (1, 5, 3), (2, 6, 0.95)]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,25 +405,83 @@ def test_16bit_outputs_round_once(seed: int, half: int, p: float, dtype: np.dtyp
     assert_same_bits(out, expected)
 
 
-def test_bfloat16_double_rounding_avoided() -> None:
-    """Positions m where cos(m) sits just off a bfloat16 midpoint that float32 rounding lands on exactly:
-    rounding through float32 (ml_dtypes' float64 cast) goes the wrong way, rounding once does not."""
-    m = np.arange(1.0, 600_000.0)
-    c = np.cos(m)
-    c32 = c.astype(np.float32)
-    on_midpoint = ((c32.view(np.uint32) & 0xFFFF) == 0x8000) & (c != c32.astype(np.float64))
-    m, c, c32 = m[on_midpoint], c[on_midpoint], c32[on_midpoint]
-    away = np.abs(c) > np.abs(c32.astype(np.float64))  # the exact value lies beyond the midpoint
-    expected = ((c32.view(np.uint32) >> 16) + away).astype(np.uint16)  # the bfloat16 bits of RN(cos m)
-    naive = c.astype(BF16).view(np.uint16)
-    assert len(m) >= 5 and np.any(naive != expected)  # the trap exists in this range
-    one = np.array([1 + 2**-8 + 2**-30])  # SPEC.md's example
-    assert float(one.astype(BF16)[0]) == 1.0 and float(p_rope.reference._round_once(one, BF16)[0]) == 1 + 2**-7
+def _decimal_pi() -> Decimal:
+    """pi to the current decimal precision (the decimal module's documented series)."""
+    with localcontext() as ctx:
+        ctx.prec += 2
+        last, term, total, n, na, d, da = Decimal(0), Decimal(3), Decimal(3), 1, 0, 0, 24
+        while total != last:
+            last = total
+            n, na = n + na, na + 8
+            d, da = d + da, da + 32
+            term = (term * n) / d
+            total += term
+    return +total
 
+
+def exact_cos_sin(angle: Decimal | int) -> tuple[Fraction, Fraction]:
+    """cos and sin of an angle given exactly, to 50 significant digits (decimal Taylor series after
+    reduction modulo 2 pi with 60-digit pi): no platform function involved."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        r = Decimal(angle) % (2 * _decimal_pi())
+        cos, sin = Decimal(0), Decimal(0)
+        term, k = Decimal(1), 0  # r**k / k!
+        while k < 2 or abs(term) > Decimal(10) ** -58:
+            if k % 2 == 0:
+                cos += term if k % 4 == 0 else -term
+            else:
+                sin += term if k % 4 == 1 else -term
+            k += 1
+            term = term * r / k
+        return Fraction(cos), Fraction(sin)
+
+
+def round_to_bits(value: Fraction, bits: int) -> Fraction:
+    """value rounded to nearest (ties to even) with `bits` significant bits (no exponent limits)."""
+    if value == 0:
+        return value
+    exponent = value.numerator.bit_length() - value.denominator.bit_length()  # 2**e <= |value| < 2**(e+2)
+    while abs(value) >= Fraction(2) ** (exponent + 1):
+        exponent += 1
+    while abs(value) < Fraction(2) ** exponent:
+        exponent -= 1
+    spacing = Fraction(2) ** (exponent - bits + 1)
+    return round(value / spacing) * spacing
+
+
+# Integer positions m < 600,000 where cos m lies within half a float32 unit of a bfloat16 midpoint, so
+# that rounding to float32 lands on the midpoint, yet at least 2**-31 away from it (found once with an
+# exact search; each property is re-derived below from exact arithmetic).
+BF16_TRAPS = (49043, 50193, 153878, 251372, 306294, 333562, 402433, 419381, 508443, 517966, 582465)
+
+
+def test_bfloat16_double_rounding_avoided() -> None:
+    """Positions m where cos m sits just off a bfloat16 midpoint that float32 rounding lands on exactly:
+    rounding through float32 goes the wrong way for some, rounding once does not.
+
+    Expectations come from exact arithmetic. The reference's float64 cos m is within a few units of
+    2**-53 of cos m (any libm within 1.5 units in the last place), far inside the 2**-31 margin, so it
+    lies on the same side of the midpoint and rounds once to RN(cos m) on every platform."""
+    expected, naive = [], []
+    for m in BF16_TRAPS:
+        cos = exact_cos_sin(m)[0]
+        float32 = round_to_bits(cos, 24)
+        assert round_to_bits(float32, 9) == float32 != round_to_bits(float32, 8)  # a bfloat16 midpoint
+        assert abs(cos - float32) >= Fraction(1, 2**31)  # the margin that makes the test portable
+        expected.append(float(round_to_bits(cos, 8)))  # RN(cos m): what rounding once gives
+        naive.append(float(round_to_bits(float32, 8)))  # RN(RN32(cos m)): rounding twice
+    expected_bits = np.array(expected).astype(BF16).view(np.uint16)  # exact: bfloat16 values
+    assert np.any(np.array(expected) != np.array(naive))  # the trap exists: twice goes wrong somewhere
+    one = np.array([1 + 2**-8 + 2**-30])  # SPEC.md's example: through float32 it becomes a tie, then 1.0
+    assert float(one.astype(np.float32).astype(BF16)[0]) == 1.0
+    assert float(p_rope.reference._round_once(one, BF16)[0]) == 1 + 2**-7
+
+    m = np.array(BF16_TRAPS, dtype=np.int64)
     x = np.zeros((1, len(m), 1, 2), BF16)
-    x[..., 0] = 1  # pair (1, 0) at angle m: y = (cos m, sin m)
-    out = p_rope.apply_p_rope(x, m[None].astype(np.int64), 2)
-    assert np.array_equal(out[0, :, 0, 0].view(np.uint16), expected)
+    x[..., 0] = 1  # pair (1, 0) at angle m (H = 2, frequency 1): y = (cos m, sin m) exactly
+    out = p_rope.apply_p_rope(x, m[None], 2)
+    assert np.array_equal(out[0, :, 0, 0].view(np.uint16), expected_bits)
 
 
 def test_position_dtypes_agree() -> None:
