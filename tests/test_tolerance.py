@@ -198,12 +198,102 @@ def graded_paper(
     return T.grade(paper_p_rope(x, pos, head_dim, w, **kwargs), x, pos, head_dim, w)
 
 
+# What the paper's code can be shown to achieve rests only on the accuracy of the float32 functions it
+# calls, checked on this platform by test_float32_functions_as_accurate_as_assumed: sin and cos within
+# TRIG_ULPS units in the last place of the exact value (NumPy's own accuracy tests allow 2 units from the
+# correctly rounded value), pow within POW_ULPS (glibc's powf is within 0.82; NumPy's AVX-512 code 0.92
+# measured). Figures observed on one CPU are not asserted: they move with the platform's libm.
+TRIG_ULPS, POW_ULPS = 2.5, 1.0
+
+
+def paper_conformant_ratio(dtype: np.dtype, table_dtype: np.dtype | None = None) -> float:
+    """An upper bound of err / (conformant bound) for paper_p_rope on any platform, argued:
+
+    - angle a = fl(m / t) with t = pow(w, f), f = 2i/H rounded to float32 (w exact in float32): a / theta
+      is 1 - lam eps1 - eps2 + eps3 with |eps1| <= u (the exponent's rounding, scaled by lam in the
+      timescale), |eps2| <= 2 POW_ULPS u (pow), |eps3| <= u (the quotient), so |a - theta| <= theta u
+      (lam + 1 + 2 POW_ULPS); turning a pair by a instead of theta moves each output by at most nx |a - theta|;
+    - cos and sin within TRIG_ULPS units (each unit at most 2 u |value|) move an output by at most
+      nx 2 TRIG_ULPS u (Cauchy-Schwarz); the two products and the difference round in float32: 2 u nx;
+    - 16-bit outputs round once more: u_out nx; with the tables cast to the activation dtype (HF,
+      MaxText), the table, the products and the difference each round to 16 bits (through float32):
+      3 (u_out + u) nx.
+    Against nx (4 u_out + 4 u + 4 u theta (1 + lam)) the terms in theta give at most (1 + 2 POW_ULPS) / 4
+    (lam = 0), the others (2 TRIG_ULPS u + 2 u + the 16-bit roundings) / (4 u_out + 4 u); the ratio of
+    sums is at most the larger ratio. Second-order terms (products of two roundings) and the reference's
+    own float64 error stay within the factor 1 + 4 u_out.
+    """
+    u, u_out = ULP, T.UNIT_ROUNDOFF[dtype.name]
+    rounding = 3 * (u_out + u) if table_dtype is not None else (u_out if dtype != F32 else 0.0)
+    constant = (2 * TRIG_ULPS * u + 2 * u + rounding) / (4 * u_out + 4 * u)
+    return max(constant, (1 + 2 * POW_ULPS) / 4) * (1 + 4 * u_out)
+
+
+def paper_angles(positions: np.ndarray, head_dim: int, w: float) -> np.ndarray:
+    """The float32 angles paper_p_rope computes, [..., L, H/2]: the platform's float32 pow, then an IEEE
+    float32 division (correctly rounded: the same on every platform given the pow)."""
+    exponent = (2 * np.arange(head_dim // 2, dtype=np.int32) / np.float32(head_dim)).astype(np.float32)
+    return positions.astype(np.float32)[..., None] / (np.float32(w) ** exponent)
+
+
+def paper_error_lower_bound(
+    x: np.ndarray, positions: np.ndarray, head_dim: int, w: float, table_dtype: np.dtype | None = None
+) -> np.ndarray:
+    """A lower bound of paper_p_rope's err for each rotated pair, [..., L, N, R] (p = 1), argued.
+
+    The angle a is known exactly (paper_angles); sin, cos and the roundings after them enter only through
+    their bounds (paper_conformant_ratio). Turning the pair by a instead of theta (D = a - theta, y the
+    exact outputs) moves output 1 by (cos D - 1) y1 - sin D y2 and output 2 by sin D y1 + (cos D - 1) y2,
+    so one of them by at least |sin D| |y_other| - (1 - cos D) |y_same| >= |D| (1 - D**2 / 6) |y_other| -
+    D**2 / 2 |y_same|; the other errors take back at most their bound per output.
+    """
+    half = head_dim // 2
+    theta = positions.astype(np.float64)[..., None] * p_rope.frequencies(head_dim, w)  # within 2**-52 theta
+    d = np.abs(paper_angles(positions, head_dim, w).astype(np.float64) - theta) - np.abs(theta) * 2.0**-51
+    d = np.expand_dims(np.maximum(d, 0.0), -2)  # [..., L, 1, R]
+    y = p_rope.apply_p_rope(x.astype(np.float64), positions, head_dim, w)
+    y1, y2 = np.abs(y[..., :half]), np.abs(y[..., half:])
+    turn, shrink = d * (1 - d**2 / 6), d**2 / 2
+    moved = np.maximum(turn * y2 - shrink * y1, turn * y1 - shrink * y2)
+    x64 = x.astype(np.float64)
+    nx = np.hypot(x64[..., :half], x64[..., half:])
+    u, u_out = ULP, T.UNIT_ROUNDOFF[np.dtype(x.dtype).name]
+    rounding = 3 * (u_out + u) * (1 + 3 * u_out) if table_dtype is not None else (u_out if x.dtype != F32 else 0.0)
+    others = (2 * TRIG_ULPS * u + 2 * u) * (1 + 2.0**-20) + rounding
+    return moved - nx * others
+
+
+def float32_ulps(got: np.ndarray, exact: np.ndarray) -> float:
+    """The largest |got - exact| in units in the last place of float32 in the binade of |exact|."""
+    _, exponent = np.frexp(np.abs(exact))
+    return float((np.abs(got.astype(np.float64) - exact) / np.ldexp(1.0, exponent - 24)).max())
+
+
+def test_float32_functions_as_accurate_as_assumed() -> None:
+    """This platform's float32 pow, sin and cos, on the arguments paper_p_rope passes them in the tests
+    here, are within POW_ULPS and TRIG_ULPS units of exact (the float64 functions, within 2 units of
+    2**-53 relative, stand for exact: 2**-28 float32 units, inside the margin below)."""
+    for head_dim, w in PAPER_CONFIGS:
+        assert np.float32(w) == w  # the argument takes w exact in float32
+        exponent = (2 * np.arange(head_dim // 2, dtype=np.int32) / np.float32(head_dim)).astype(np.float32)
+        timescale = np.float32(w) ** exponent
+        assert float32_ulps(timescale, np.float64(w) ** exponent.astype(np.float64)) <= POW_ULPS - 2.0**-20
+        positions = np.concatenate([np.random.default_rng(0).integers(*window, 512) for window in WINDOWS])
+        angle = positions.astype(np.float32)[:, None] / timescale
+        for function in (np.sin, np.cos):
+            assert float32_ulps(function(angle), function(angle.astype(np.float64))) <= TRIG_ULPS - 2.0**-20
+
+
 @pytest.mark.parametrize(("head_dim", "w"), PAPER_CONFIGS, ids=[f"H{h}-w{w:g}" for h, w in PAPER_CONFIGS])
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=["float32", "bfloat16", "float16"])
 def test_paper_code_is_conformant(dtype: np.dtype, head_dim: int, w: float) -> None:
+    """Within paper_conformant_ratio of the bound: 0.875 for float32 outputs (the float32 sin and cos
+    dominate), 0.76 for 16-bit outputs (the angle's terms in theta dominate)."""
+    bound = paper_conformant_ratio(dtype)
+    assert bound < 0.88 if dtype == F32 else bound < 0.77
     for window in WINDOWS:
         graded = graded_paper(dtype, window, head_dim, w)
-        assert graded.ratio["conformant"] <= 0.5, (window, graded.ratio)
+        assert graded.ratio["conformant"] <= bound, (window, graded.ratio)
         assert graded.nope_identical
 
 
@@ -214,21 +304,38 @@ def test_conformant_needs_the_log_timescale_term() -> None:
     x = rng.standard_normal((1, 512, 2, h)).astype(np.float32)
     pos = rng.integers(10**6, 10**6 + 4096, (1, 512))
     emap = T.error_map(paper_p_rope(x, pos, h, w), x, pos, h, w)
-    assert emap.ratio["conformant"].max() <= 0.5
+    assert emap.ratio["conformant"].max() <= paper_conformant_ratio(F32)
     theta = pos[..., None, None] * p_rope.frequencies(h, w)
     x64 = x.astype(np.float64)
     nx = np.hypot(x64[..., : h // 2], x64[..., h // 2 :])
     without_lam = T.bound("conformant", "float32", nx, theta)
-    assert (emap.error / without_lam).max() > 1.5
+    lower = paper_error_lower_bound(x, pos, h, w)
+    assert np.all(emap.error >= lower)  # the argument holds here
+    assert (lower / without_lam).max() > 1.5  # whatever float32 sin and cos return within TRIG_ULPS
+
+
+def argued_strict_ratio(x: np.ndarray, pos: np.ndarray, table_dtype: np.dtype | None = None) -> float:
+    """The largest err / (strict bound) that paper_error_lower_bound guarantees (H = 128, w = 1e4)."""
+    theta = np.abs(pos)[..., None, None] * p_rope.frequencies(128, 10_000.0)
+    x64 = x.astype(np.float64)
+    nx = np.hypot(x64[..., :64], x64[..., 64:])
+    lower = paper_error_lower_bound(x, pos, 128, 10_000.0, table_dtype)
+    return float((lower / T.bound("strict", np.dtype(x.dtype).name, nx, theta)).max())
 
 
 def test_paper_code_fails_strict() -> None:
+    """Above the strict bound at positions in [16, 32) already, by the argued lower bound."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 16, 8, 128)).astype(np.float32)
     pos = np.arange(16, 32)[None]
+    assert argued_strict_ratio(x, pos) > 1
     assert T.grade(paper_p_rope(x, pos, 128), x, pos, 128).ratio["strict"] > 1
-    assert graded_paper(F32, WINDOWS[1]).ratio["strict"] > 100
-    assert graded_paper(F32, WINDOWS[3]).ratio["strict"] > 1e5
+    for window, factor in [(WINDOWS[1], 100), (WINDOWS[3], 1e5)]:
+        rng = np.random.default_rng(0)  # graded_paper's inputs
+        x = rng.standard_normal((1, 512, 2, 128)).astype(np.float32)
+        pos = rng.integers(*window, (1, 512))
+        assert argued_strict_ratio(x, pos) > factor
+        assert graded_paper(F32, window).ratio["strict"] > factor
 
 
 def test_paper_code_alters_nope_lanes() -> None:
@@ -244,10 +351,20 @@ def test_paper_code_alters_nope_lanes() -> None:
 
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
 def test_tables_in_activation_dtype_conformant_not_strict(dtype: np.dtype) -> None:
+    """Conformant within paper_conformant_ratio (0.76: three 16-bit roundings against 4 u_out); above the
+    strict bound near positions 10**6 and 2**24 by the argued lower bound. (At short range the excess
+    comes from the 16-bit roundings adding up, which no argument fixes in direction: not asserted.)"""
+    bound = paper_conformant_ratio(dtype, table_dtype=dtype)
+    assert bound < 0.77
     for window in WINDOWS:
         graded = graded_paper(dtype, window, table_dtype=dtype)
-        assert graded.ratio["conformant"] <= 0.7, (window, graded.ratio)
-        assert graded.ratio["strict"] > 1, (window, graded.ratio)
+        assert graded.ratio["conformant"] <= bound, (window, graded.ratio)
+    for window in WINDOWS[2:]:
+        rng = np.random.default_rng(0)  # graded_paper's inputs
+        x = rng.standard_normal((1, 512, 2, 128)).astype(dtype)
+        pos = rng.integers(*window, (1, 512))
+        assert argued_strict_ratio(x, pos, table_dtype=dtype) > 1
+        assert graded_paper(dtype, window, table_dtype=dtype).ratio["strict"] > 1
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=["float32", "bfloat16", "float16"])
