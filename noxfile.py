@@ -2,6 +2,7 @@
 
     nox -s conformance            the main job: every backend in its own environment, then the matrix
     nox -s tests                  the test suite (what CI runs)
+    nox -s tests_libm             the test suite again on NumPy's baseline SIMD path (CI runs it second)
     nox -s lint typecheck         ruff; mypy
     nox -s golden                 regenerate the golden vectors in memory and fail on drift (-- --write)
     nox -s vendor                 regenerate the single-file backends (-- --check: fail if stale)
@@ -82,6 +83,31 @@ def tests(session: nox.Session) -> None:
     session.install(TORCH)
     session.install(".[jax,torch,conformance,test]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+# NumPy dispatches float64 sin, cos, pow, exp and log to SIMD code whose last bits depend on the CPU.
+# tests_libm reruns the tests on NumPy's baseline code path (SPEC.md section 10, "Across platforms").
+ABOVE_BASELINE = """
+try:
+    from numpy._core import _multiarray_umath as umath
+except ImportError:  # NumPy 1.x
+    from numpy.core import _multiarray_umath as umath
+print(" ".join(f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f)))
+"""
+
+
+@nox.session(python=PYTHON)
+def tests_libm(session: nox.Session) -> None:
+    """The tests again with NPY_DISABLE_CPU_FEATURES set to every SIMD extension NumPy dispatches to above
+    its baseline on this machine (computed here, so any CPU): a second libm path on every CI run."""
+    session.install(TORCH)
+    session.install(".[jax,torch,conformance,test]")
+    output = session.run("python", "-c", ABOVE_BASELINE, silent=True) or ""
+    features = output.strip().splitlines()[-1].strip() if output.strip() else ""
+    if not features:
+        session.log("NumPy reports no SIMD extension above its baseline here: the second pass takes the same path")
+    session.log(f"NPY_DISABLE_CPU_FEATURES={features!r}")
+    session.run("python", "-m", "pytest", *session.posargs, env={"NPY_DISABLE_CPU_FEATURES": features})
 
 
 @nox.session(python=PYTHON)
