@@ -3,6 +3,7 @@
     run     this project's backends on the case list, one JSON file per backend and device
     report  merge the JSON files of a directory into the matrix (terminal, Markdown, JSON)
     check   grade any implementation (a NumPy, JAX or PyTorch callable) at SPEC.md's levels
+    check-tables  grade a frequency vector, a cos/sin cache or a frequency-factor list against SPEC.md
     golden  check (or rewrite) the golden vectors in conformance/golden/
 
 See conformance/README.md.
@@ -13,17 +14,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 from .cases import DTYPES
+from .conventions import CONVENTIONS
 from .frameworks import DEVICES
-from .targets import BACKENDS, SIGNATURES
+from .targets import BACKENDS
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line (exit status 2), without the usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="p-rope-conformance", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="p-rope-conformance", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run this project's backends (writes DIR/<backend>-<device>.json)")
     run.add_argument(
@@ -54,21 +64,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--framework", choices=("auto", "numpy", "jax", "torch"), default="auto")
     check.add_argument(
+        "--convention",
         "--signature",
-        choices=("auto", *SIGNATURES),
+        dest="convention",
+        choices=("auto", *CONVENTIONS),
         default="auto",
-        help="paper: f(inputs, positions, head_dim, max_wavelength, rope_percentage); gemma: f(inputs, positions, "
-        "*, base_frequency, scale_factor, rope_proportion); ours: the paper's plus keywords rotated_pairs, "
-        "scale_factor, pairing, seq_axis (those it accepts are tested)",
+        help="how the callable is called (default: detected from its parameter names): "
+        + "; ".join(f"{k}: {v}" for k, v in CONVENTIONS.items()),
     )
+    check.add_argument(
+        "--rotary",
+        help="module:factory or path/file.py:factory building the rotary module of the table conventions (hf, "
+        "angles) from the parameters it names (head_dim, base, partial_rotary_factor, ... or a transformers config)",
+    )
+    check.add_argument("--layer-type", help="layer type of a transformers rotary class, and of --config")
+    check.add_argument("--config", type=Path, help="grade at this Hugging Face config.json's parameters")
     check.add_argument("--device", choices=DEVICES, default=os.environ.get("P_ROPE_DEVICE", "cpu"))
     check.add_argument("--dtype", action="append", choices=DTYPES, help="dtypes to check (repeatable; default all)")
     check.add_argument(
+        "--dtypes-claimed",
+        help="the dtypes the implementation claims, e.g. bf16,f32: the exit status follows them (all four rows "
+        "are still shown)",
+    )
+    check.add_argument(
         "--level", choices=("conformant", "strict"), default="conformant", help="level required for exit status 0"
     )
+    check.add_argument("--timeout", type=float, default=60.0, help="seconds one case may take (default 60)")
+    check.add_argument("--compile", action="store_true", help="torch.compile / jax.jit around the callable")
+    check.add_argument("--autocast", choices=("bf16", "bfloat16", "f16", "float16"), help="run under torch autocast")
+    check.add_argument(
+        "--errors", action="store_true", help="also feed SPEC.md section 9's invalid arguments (informative)"
+    )
+    check.add_argument("--require-errors", action="store_true", help="--errors, and fail unless all are rejected")
     check.add_argument("--repro-dir", type=Path, help="write one reproducer script per failing case here")
     check.add_argument("--json", type=Path, help="write the full result as JSON here")
     check.add_argument("--max-failures", type=int, default=10, help="failing cases shown in detail")
+
+    tables = sub.add_parser("check-tables", help="grade a frequency vector, cos/sin cache or factor list")
+    tables.add_argument("--kind", choices=("inv_freq", "cos_sin_cache", "freq_factors"), required=True)
+    source = tables.add_mutually_exclusive_group(required=True)
+    source.add_argument("--impl", help="module:function building the table from parameters it names")
+    source.add_argument("--file", type=Path, help="a .npy, .npz (first array) or .json table")
+    tables.add_argument("--head-dim", type=int, help="H of --file (or a single parameter set for --impl)")
+    tables.add_argument("--max-wavelength", type=float, default=10_000.0)
+    tables.add_argument("--rope-percentage", type=float, default=1.0)
+    tables.add_argument("--scale-factor", type=float, default=1.0)
+    tables.add_argument("--config", type=Path, help="parameters from a Hugging Face config.json")
+    tables.add_argument("--layer-type", help="layer type of --config")
+    tables.add_argument("--json", type=Path, help="write the result as JSON here")
 
     golden = sub.add_parser("golden", help="check or rewrite the golden vectors")
     mode = golden.add_mutually_exclusive_group()
@@ -92,9 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .check import check_command
 
         if not args.impl:
-            print("check needs --impl module:function (or P_ROPE_IMPL)", file=sys.stderr)
+            print("p-rope-conformance check: needs --impl module:function (or P_ROPE_IMPL)", file=sys.stderr)
             return 2
         return check_command(args)
+    if args.command == "check-tables":
+        from .tables import tables_command
+
+        return tables_command(args)
     from .golden import golden_command
 
     return golden_command(write=args.write, directory=args.dir)

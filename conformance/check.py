@@ -14,9 +14,12 @@ conformant. Each failing case comes with a standalone reproducer script.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,21 +28,45 @@ from typing import Any
 import numpy as np
 from p_rope._params import SPEC_VERSION
 
-from .cases import DTYPES, Case, check_cases
-from .execute import CaseResult, execute, finite_json
+from .cases import DTYPES, Case, Positions, check_cases
+from .conventions import CONVENTIONS, detect_convention, make_target
+from .diagnose import _unsupported, cause
+from .execute import INVALID_CALLS, CaseResult, execute, finite_json
 from .frameworks import Framework, framework
+from .harness import Watchdog, deadline
 from .repro import describe_result, script, shrink_candidates
 from .run import LEVEL_ORDER, aggregate
-from .targets import CallableTarget, detect_signature, load_callable
+from .targets import OUR_KEYWORDS, SIGNATURES, CallableTarget, ImplementationError, UsageError, load_callable
 
 GRADE_NAMES = {"strict": "STRICT", "conformant": "CONFORMANT", "fail": "NOT CONFORMANT"}
 
 
-def _probe() -> tuple[Case, np.ndarray, np.ndarray]:
-    """One token of one head: the smallest call any implementation should accept."""
-    case = Case(name="probe", op="apply", dtype="float32", shape=(1, 1, 1, 4), head_dim=4)
-    x = np.array([0.25, 0.5, 0.75, 1.0], dtype=np.float32).reshape(1, 1, 1, 4)
-    return case, x, np.array([[1]], dtype=np.int32)
+DTYPE_ALIASES = {"f16": "float16", "fp16": "float16", "bf16": "bfloat16", "f32": "float32", "fp32": "float32",
+                 "f64": "float64", "fp64": "float64"}  # fmt: skip
+
+
+def parse_dtypes(text: str) -> tuple[str, ...]:
+    """``bf16,f32`` -> ("bfloat16", "float32"); a UsageError for an unknown name."""
+    names = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name = DTYPE_ALIASES.get(item, item)
+        if name not in DTYPES:
+            raise UsageError(
+                f"unknown dtype {item!r} in --dtypes-claimed; known: {', '.join(DTYPES)} (or bf16, f32...)"
+            )
+        names.append(name)
+    return tuple(names)
+
+
+def _probe_cases() -> list[Case]:
+    """One token of one head, in each layout: the smallest call any implementation should accept."""
+    one = Positions("values", values=(1,))
+    base = dict(name="probe", op="apply", dtype="float32", shape=(1, 1, 1, 4), head_dim=4, positions=one)
+    return [
+        Case(**base),  # type: ignore[arg-type]
+        Case(**base, seq_axis=-2),  # type: ignore[arg-type]
+        Case(**base, pairing="interleaved"),  # type: ignore[arg-type]
+    ]
 
 
 def _kind(value: object) -> str | None:
@@ -53,35 +80,39 @@ def _kind(value: object) -> str | None:
     return None
 
 
-def detect_framework(function: Callable[..., Any], signature: str, keywords: frozenset[str]) -> str:
+def detect_framework(make: Callable[[Framework], CallableTarget], timeout: float | None = None) -> str:
     """The array library the callable works in: call it on a tiny input as NumPy, then PyTorch, then
     JAX arrays, and see what comes back."""
-    case, x, positions = _probe()
     errors = []
     for name in ("numpy", "torch", "jax"):
         if name != "numpy" and importlib.util.find_spec(name) is None:
             continue
         fw = framework(name)
-        target = CallableTarget("probe", fw, "cpu", function, signature, keywords)
+        target = make(fw)
+        case = next((c for c in _probe_cases() if target.supports(c) is None), None)
+        if case is None:
+            continue
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), deadline(timeout):
                 warnings.simplefilter("ignore")
-                out = target._apply(case, fw.to_native(x, "cpu"), fw.to_native(positions, "cpu"))
-        except Exception as error:
+                call = target.call(case, case.materialize())
+        except BaseException as error:  # anything the implementation raises
             errors.append(f"{name}: {type(error).__name__}: {error}")
             continue
-        kind = _kind(out)
+        kind = _kind(call.outputs[0].value)
         if kind is not None:
             return kind
-        errors.append(f"{name}: returned a {type(out).__name__}")
-    raise TypeError("could not call the implementation with NumPy, PyTorch or JAX arrays: " + " | ".join(errors))
+        errors.append(f"{name}: returned a {type(call.outputs[0].value).__name__}")
+    raise ImplementationError(
+        "could not call the implementation with NumPy, PyTorch or JAX arrays: " + " | ".join(errors)
+    )
 
 
 @dataclasses.dataclass
 class CheckResult:
     impl: str
     framework: str
-    signature: str
+    signature: str  # the call convention
     keywords: frozenset[str]
     device: str
     results: list[CaseResult]
@@ -90,29 +121,56 @@ class CheckResult:
     eager_calls: int = 0  # JAX: calls that could not be traced under jit and ran eagerly
     reproducers: dict[str, str] = dataclasses.field(default_factory=dict)  # case id -> script
     repro_notes: dict[str, str] = dataclasses.field(default_factory=dict)  # case id -> what it shows
+    claimed: tuple[str, ...] | None = None  # --dtypes-claimed: the dtypes the grade is for
+    level: str = "conformant"  # the level the causes and reproducers are about
+    causes: dict[str, str] = dataclasses.field(default_factory=dict)  # dtype -> why it fails
+    mistakes: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # dtype -> mistakes matched
+    errors: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)  # --errors: (what, raised)
+    parameters: str = ""  # --config: where the parameters came from
+    options: tuple[str, ...] = ()  # --compile, --autocast...
+
+    @property
+    def convention(self) -> str:
+        return self.signature
 
     def by_dtype(self) -> dict[str, dict[str, Any]]:
         summary = {}
         for dtype in DTYPES:
             results = [r for r in self.results if r.case.dtype == dtype]
-            if results:
-                special = [r for r in results if r.case.op == "special" and r.not_applicable is None]
-                bad = [p for r in special for p in r.problems]
-                bad += [
-                    "a finite output where the exact value is not (or the reverse)"
-                    for r in special
-                    if any(v.ratio == float("inf") for v in r.levels.values())
-                ]
-                summary[dtype] = aggregate(results) | {
-                    "special": "-" if not special else ("FAIL" if bad else "pass"),
-                    "special_problems": sorted(set(bad)),
-                }
+            if not results:
+                continue
+            raised = _unsupported(results)
+            if raised is not None:
+                summary[dtype] = {"level": "unsupported", "why": raised, "cases": 0, "special": "-"}
+                continue
+            special = [r for r in results if r.case.op == "special" and r.not_applicable is None]
+            bad = [p for r in special for p in r.problems]
+            bad += [
+                "a finite output where the exact value is not (or the reverse)"
+                for r in special
+                if any(v.ratio == float("inf") for v in r.levels.values())
+            ]
+            summary[dtype] = aggregate(results) | {
+                "special": "-" if not special else ("FAIL" if bad else "pass"),
+                "special_problems": sorted(set(bad)),
+            }
+            if dtype in self.causes:
+                summary[dtype]["cause"] = self.causes[dtype]
+                summary[dtype]["mistakes"] = self.mistakes.get(dtype, [])
         return summary
+
+    def graded_dtypes(self) -> dict[str, dict[str, Any]]:
+        """The dtypes the grade is about: those claimed, else every dtype the implementation supports."""
+        summary = self.by_dtype()
+        if self.claimed is not None:
+            return {d: summary.get(d, {"level": "unsupported", "why": "not run"}) for d in self.claimed}
+        return {d: s for d, s in summary.items() if s["level"] not in ("unsupported", "n/a")}
 
     @property
     def grade(self) -> str:
-        levels = [s["level"] for s in self.by_dtype().values() if s["level"] != "n/a"]
-        if not levels:
+        graded = self.graded_dtypes()
+        levels = [s["level"] for s in graded.values() if s["level"] != "n/a"]
+        if not levels or any(level == "unsupported" for level in levels):
             return "fail"
         return min(levels, key=LEVEL_ORDER.index)
 
@@ -126,15 +184,39 @@ class CheckResult:
             "impl": self.impl,
             "framework": self.framework,
             "signature": self.signature,
+            "convention": self.signature,
             "keywords": sorted(self.keywords),
             "device": self.device,
             "grade": self.grade,
+            "claimed": list(self.claimed) if self.claimed is not None else None,
             "by_dtype": self.by_dtype(),
             "seconds": round(self.seconds, 2),
             "untested": [{"id": c.id, "why": why} for c, why in self.untested],
+            "errors": [{"what": what, "raised": raised} for what, raised in self.errors],
             "cases": [r.to_json() for r in self.results],
             "reproducers": self.reproducers,
         }
+
+
+def config_cases(cases: Sequence[Case], params: Any) -> list[Case]:
+    """The cases at one configuration's parameters (H, w, p, s): shapes keep their other axes."""
+    out, seen = [], set()
+    for case in cases:
+        if case.rotated_pairs is not None or (case.id in seen):
+            continue
+        seen.add(case.id)
+        shape = (*case.shape[:-1], params.head_dim)
+        out.append(
+            dataclasses.replace(
+                case,
+                shape=shape,
+                head_dim=params.head_dim,
+                max_wavelength=params.max_wavelength,
+                rope_percentage=params.rope_percentage,
+                scale_factor=params.scale_factor,
+            )
+        )
+    return out
 
 
 def check(
@@ -148,36 +230,149 @@ def check(
     dtypes: Sequence[str] = DTYPES,
     repro_level: str | None = "conformant",
     max_reproducers: int = 10,
+    claimed: Sequence[str] | None = None,
+    rotary: Callable[..., Any] | None = None,
+    layer_type: str = "full_attention",
+    compile: bool = False,
+    autocast: str | None = None,
+    timeout: float | None = 60.0,
+    errors: bool = False,
+    params: Any = None,
+    names: Sequence[str] | None = None,
+    watchdog: Watchdog | None = None,
+    diagnose: bool = True,
 ) -> CheckResult:
-    """Run the check cases on ``function`` and grade it (the ``check`` command without printing)."""
+    """Run the check cases on ``function`` and grade it (the ``check`` command without printing).
+
+    signature: the call convention ("auto": detected from the parameter names); params: a RopeParams
+    whose (H, w, p, s) replace every case's; names: only the cases whose scenario name is listed (a
+    subset, for quick checks). Usage errors raise UsageError; an implementation that cannot be called
+    at all raises ImplementationError."""
     start = time.perf_counter()
-    detected, keywords = detect_signature(function)
+    detected, keywords = detect_convention(function)
     if signature == "auto":
         signature = detected
     elif signature == "ours" and detected != "ours":
-        keywords = frozenset(("rotated_pairs", "scale_factor", "pairing", "seq_axis"))
+        keywords = frozenset(OUR_KEYWORDS)
+    elif signature in ("paper", "gemma") and detected != signature:
+        keywords = frozenset()
+    if signature not in CONVENTIONS:
+        raise UsageError(f"unknown convention {signature!r}; known: {', '.join(CONVENTIONS)}")
+    options = (("--compile",) if compile else ()) + ((f"--autocast {autocast}",) if autocast else ())
+
+    def make(fw: Framework) -> CallableTarget:
+        return make_target(signature, function, fw, device, name=impl, keywords=keywords, rotary=rotary,
+                           layer_type=layer_type, compile=compile, autocast=autocast)  # fmt: skip
+
     if framework_name == "auto":
-        framework_name = detect_framework(function, signature, keywords)
+        framework_name = detect_framework(make, timeout)
     fw = framework(framework_name)
     if not fw.present(device):
-        raise RuntimeError(f"device {device} is not present for {framework_name}")
-    target = CallableTarget(impl, fw, device, function, signature, keywords)
+        raise UsageError(f"device {device} is not present for {framework_name}")
+    if compile:
+        _usable(lambda: fw.compile(function))
+    if autocast:
+        _usable(lambda: _enter_and_leave(fw.autocast(autocast)))
+    target = make(fw)
+    cases = check_cases(tuple(dtypes))
+    if params is not None:
+        cases = config_cases(cases, params)
+    if names is not None:
+        cases = [c for c in cases if c.name in names]
     results, untested = [], []
-    for case in check_cases(tuple(dtypes)):
+    for case in cases:
         why = target.supports(case)
         if why is not None:
             untested.append((case, why))
             continue
-        results.append(execute(target, case))
+        with watchdog.armed(case.id) if watchdog is not None else contextlib.nullcontext():
+            results.append(execute(target, case, timeout=timeout))
     outcome = CheckResult(impl, framework_name, signature, keywords, device, results, untested, 0.0)
+    outcome.claimed = tuple(claimed) if claimed is not None else None
+    outcome.level = repro_level or "conformant"
+    outcome.options = options
     outcome.eager_calls = getattr(fw, "eager_calls", 0)
-    if repro_level is not None:
+    if diagnose:
+        for dtype in DTYPES:
+            of_dtype = [r for r in results if r.case.dtype == dtype]
+            text, mistakes = cause(of_dtype, outcome.level)
+            if text:
+                outcome.causes[dtype] = text
+                outcome.mistakes[dtype] = [m.name for m in mistakes]
+    if errors:
+        outcome.errors = error_cases(target, timeout)
+    if repro_level is not None and signature in SIGNATURES:
         for result in outcome.failures(repro_level)[:max_reproducers]:
+            if result.raised is not None and "did not return" in result.raised:
+                continue
             text, note = reproduce(target, fw, result, repro_level, impl, import_statement)
             outcome.reproducers[result.case.id] = text
             outcome.repro_notes[result.case.id] = note
+    for result in results:
+        result.outputs = {}
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _enter_and_leave(context: Any) -> None:
+    with context:
+        pass
+
+
+def _usable(step: Callable[[], Any]) -> None:
+    try:
+        step()
+    except NotImplementedError as error:
+        raise UsageError(str(error)) from None
+
+
+def error_cases(target: CallableTarget, timeout: float | None) -> list[tuple[str, str | None]]:
+    """SPEC.md section 9's invalid arguments, as far as the convention can pass them: for each, the
+    exception raised (None: it silently returned numbers)."""
+    if target.signature not in SIGNATURES:
+        return []
+    fw, device = target.framework, target.device
+    found: list[tuple[str, str | None]] = []
+    for what, changes, x_dtype, p_dtype, p_shape in invalid_calls(target):
+        x = fw.to_native(np.ones((1, 2, 3, 8), dtype=x_dtype), device)
+        positions = fw.to_native(np.zeros(p_shape, dtype=p_dtype), device)
+        case = Case(name="errors", op="apply", dtype="float32", shape=(1, 2, 3, 8), head_dim=8)
+        try:
+            with warnings.catch_warnings(), deadline(timeout), fw.precision(False):
+                warnings.simplefilter("ignore")
+                _call_with(target, case, x, positions, changes)
+            found.append((what, None))
+        except BaseException as error:  # rejected: how does not matter here
+            found.append(
+                (what, f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+            )
+    return found
+
+
+def invalid_calls(target: CallableTarget) -> list[tuple[str, dict[str, Any], str, str, tuple[int, ...]]]:
+    """The rows of INVALID_CALLS the target's signature can express (Gemma's names for gemma)."""
+    rows = []
+    for what, changes, x_dtype, p_dtype, p_shape in INVALID_CALLS:
+        keys = set(changes) - {"head_dim", "max_wavelength", "rope_percentage"}
+        if target.signature == "gemma" and (keys - {"scale_factor"} or "head_dim" in changes):
+            continue
+        if target.signature != "gemma" and keys - set(target.keywords):
+            continue
+        rows.append((what, changes, x_dtype, p_dtype, p_shape))
+    rows.append(
+        ("rotary width above the head: rope_percentage 2", {"rope_percentage": 2.0}, "float32", "int32", (1, 2))
+    )
+    return rows
+
+
+def _call_with(target: CallableTarget, case: Case, x: Any, positions: Any, changes: dict[str, Any]) -> Any:
+    params = {"head_dim": 8, "max_wavelength": 10_000.0, "rope_percentage": 1.0} | changes
+    f = target.invoke
+    if target.signature == "gemma":
+        kw = {k: v for k, v in params.items() if k == "scale_factor"}
+        return f(x, positions, base_frequency=params["max_wavelength"], rope_proportion=params["rope_percentage"], **kw)
+    args = (params.pop("head_dim"), params.pop("max_wavelength"), params.pop("rope_percentage"))
+    return f(x, positions, *args, **params)
 
 
 def reproduce(
@@ -222,31 +417,41 @@ def _ratio(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _convention_line(outcome: CheckResult) -> str:
+    if outcome.signature == "ours":
+        return (
+            "ours: f(inputs, positions, head_dim, max_wavelength, rope_percentage, *, "
+            + ", ".join(sorted(outcome.keywords))
+            + ")"
+        )
+    return f"{outcome.signature}: {CONVENTIONS[outcome.signature]}"
+
+
 def render(outcome: CheckResult, level: str, max_failures: int = 10) -> str:
-    sig = {
-        "paper": "paper: f(inputs, positions, head_dim, max_wavelength, rope_percentage)",
-        "gemma": "gemma: f(inputs, positions, *, base_frequency, scale_factor, rope_proportion)",
-        "ours": "ours: f(inputs, positions, head_dim, max_wavelength, rope_percentage, *, "
-        + ", ".join(sorted(outcome.keywords))
-        + ")",
-    }[outcome.signature]
     lines = [
         f"p-RoPE conformance check of {outcome.impl} (SPEC.md {SPEC_VERSION})",
-        f"framework {outcome.framework}, device {outcome.device}, signature {sig}",
-        f"{len(outcome.results)} cases in {outcome.seconds:.1f} s",
+        f"framework {outcome.framework}, device {outcome.device}, convention {_convention_line(outcome)}"
+        + (f", {' '.join(outcome.options)}" if outcome.options else ""),
     ]
+    if outcome.parameters:
+        lines.append(f"parameters: {outcome.parameters}")
+    lines.append(f"{len(outcome.results)} cases in {outcome.seconds:.1f} s")
     if outcome.untested:
         reasons: dict[str, int] = {}
         for _, why in outcome.untested:
             reasons[why] = reasons.get(why, 0) + 1
         listed = "; ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
-        lines.append(f"not tested ({len(outcome.untested)} cases its signature cannot express): {listed}")
+        lines.append(f"not tested ({len(outcome.untested)} cases its convention cannot express): {listed}")
     lines.append("")
     header = f"{'dtype':9} {'cases':>5}  {'conformant':22} {'strict':38} {'special values':15} level"
     lines += [header, "-" * len(header)]
-    for dtype, s in outcome.by_dtype().items():
+    summary = outcome.by_dtype()
+    for dtype, s in summary.items():
         if s["level"] == "n/a":
             lines.append(f"{dtype:9} {'':>5}  n/a ({s.get('why', '')})")
+            continue
+        if s["level"] == "unsupported":
+            lines.append(f"{dtype:9} {'':>5}  not supported ({s['why'].removeprefix('raised ')})")
             continue
         ok_c = s["level"] in ("conformant", "strict")
         conf = ("pass " if ok_c else "FAIL ") + _ratio(s["ratio"]["conformant"])
@@ -259,11 +464,12 @@ def render(outcome: CheckResult, level: str, max_failures: int = 10) -> str:
         lines.append(f"{dtype:9} {s['cases']:>5}  {conf:22} {strict:38} {s['special']:15} {s['level']}")
     lines += ["", "cells: pass/FAIL, then the worst error as a fraction of the level's tolerance (<= 1 passes)"]
     lines.append("special values: SPEC.md section 6 (inf, NaN, -0.0 in NoPE lanes; non-finite positions), strict level")
-    problems = sorted(
-        {p.split(": ", 1)[-1] for s in outcome.by_dtype().values() for p in s.get("special_problems", [])}
-    )
+    problems = sorted({p.split(": ", 1)[-1] for s in summary.values() for p in s.get("special_problems", [])})
     for problem in problems[:5]:
         lines.append(f"  special values: {problem}")
+    if outcome.causes:
+        lines += ["", f"why cases fail the {outcome.level} level:"]
+        lines += [f"  {dtype}: {text}" for dtype, text in outcome.causes.items()]
     failing = outcome.failures(level)
     if failing:
         lines += ["", f"{len(failing)} cases fail the {level} level; the first {min(len(failing), max_failures)}:"]
@@ -272,44 +478,109 @@ def render(outcome: CheckResult, level: str, max_failures: int = 10) -> str:
             lines.append(f"    {r.case.describe()}")
             if r.case.id in outcome.repro_notes:
                 lines.append(f"    reproducer on {outcome.repro_notes[r.case.id]}")
+    if outcome.errors:
+        lines += ["", "invalid arguments (SPEC.md section 9; informative unless --require-errors):"]
+        for what, raised in outcome.errors:
+            lines.append(f"  {what}: " + (f"rejected ({raised})" if raised else "SILENTLY PRODUCED NUMBERS"))
     if outcome.eager_calls:
         lines.append(f"\nnote: {outcome.eager_calls} calls ran eagerly (the function cannot be traced under jax.jit)")
-    grade = GRADE_NAMES[outcome.grade]
-    lines += ["", f"GRADE: {grade}" + ("" if outcome.grade == "strict" else _why_not_strict(outcome))]
+    lines += ["", grade_line(outcome)]
     return "\n".join(lines)
 
 
-def _why_not_strict(outcome: CheckResult) -> str:
-    if outcome.grade == "fail":
-        return ""
-    firsts = {
-        d: s.get("first_strict_failure_position") for d, s in outcome.by_dtype().items() if s["level"] != "strict"
-    }
-    parts = [f"{d} from position {p:g}" if p is not None else d for d, p in firsts.items()]
-    return " (not strict: " + ", ".join(parts) + ")"
+def grade_line(outcome: CheckResult) -> str:
+    """GRADE: the level reached over the graded dtypes, and what keeps each dtype below strict."""
+    graded = outcome.graded_dtypes()
+    head = "GRADE" if outcome.claimed is None else f"GRADE for the claimed {', '.join(outcome.claimed)}"
+    parts = []
+    for dtype, s in outcome.by_dtype().items():
+        level = s["level"]
+        if level == "unsupported":
+            parts.append(f"{dtype} not supported" + (" (claimed)" if dtype in graded else ""))
+        elif level == "fail":
+            parts.append(f"{dtype}: {s.get('cause') or 'fails'}")
+        elif level == "conformant":
+            first = s.get("first_strict_failure_position")
+            parts.append(
+                f"{dtype} not strict" + (f" from position {first:g}" if first is not None else " (special values)")
+            )
+    if outcome.claimed is not None:
+        parts = [p for p in parts if p.split(":")[0].split(" ")[0] in outcome.claimed]
+    text = f"{head}: {GRADE_NAMES[outcome.grade]}"
+    return text + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def _load(spec: str) -> tuple[Callable[..., Any], str]:
+    """load_callable with the working directory importable, as ``python -m`` has it."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return load_callable(spec)
+
+
+def _params(args: argparse.Namespace) -> tuple[Any, str]:
+    if args.config is None:
+        if args.layer_type is not None:
+            raise UsageError("--layer-type needs --config")
+        return None, ""
+    try:
+        from p_rope.config import params_from_hf_config
+    except ImportError as error:
+        raise UsageError(f"--config needs p_rope.config.params_from_hf_config ({error})") from None
+    try:
+        params = params_from_hf_config(str(args.config), layer_type=args.layer_type)
+    except (ValueError, TypeError, OSError) as error:
+        raise UsageError(f"--config {args.config}: {error}") from None
+    where = f"{args.config}" + (f", layer type {args.layer_type}" if args.layer_type else "")
+    return params, (
+        f"H={params.head_dim} w={params.max_wavelength:g} p={params.rope_percentage:g} "
+        f"scale_factor={params.scale_factor:g} from {where}"
+    )
 
 
 def check_command(args: argparse.Namespace) -> int:
+    """The ``check`` command: 0 when the level asked for is reached, 1 when not (or the implementation
+    failed before any case), 2 for a usage or environment error (one line, never a grade)."""
     try:
-        function, statement = load_callable(args.impl)
-    except (ImportError, AttributeError, OSError, ValueError, TypeError) as error:
-        print(f"cannot load {args.impl}: {type(error).__name__}: {error}")
-        return 2
-    dtypes = tuple(args.dtype or DTYPES)
-    try:
+        function, statement = _load(args.impl)
+        rotary = _load(args.rotary)[0] if args.rotary else None
+        claimed = parse_dtypes(args.dtypes_claimed) if args.dtypes_claimed else None
+        params, where = _params(args)
+        dtypes = tuple(args.dtype or DTYPES)
+        if claimed is not None:
+            dtypes = tuple(d for d in DTYPES if d in set(dtypes) | set(claimed))
+
+        def on_hang(label: str) -> None:
+            print(f"p-RoPE conformance check of {args.impl}: case {label} did not return within "
+                  f"{args.timeout:g} s and could not be interrupted; the check stops here", flush=True)  # fmt: skip
+            print(f"GRADE: {GRADE_NAMES['fail']} ({label}: hangs)", flush=True)
+            os._exit(1)
+
         outcome = check(
             function,
             impl=args.impl,
             import_statement=statement,
             framework_name=args.framework,
-            signature=args.signature,
+            signature=args.convention,
             device=args.device,
             dtypes=dtypes,
             repro_level=args.level,
             max_reproducers=max(args.max_failures, 1),
+            claimed=claimed,
+            rotary=rotary,
+            layer_type=args.layer_type or "full_attention",
+            compile=args.compile,
+            autocast=DTYPE_ALIASES.get(args.autocast, args.autocast) if args.autocast else None,
+            timeout=args.timeout,
+            errors=args.errors or args.require_errors,
+            params=params,
+            watchdog=Watchdog(args.timeout, on_hang),
         )
-    except (TypeError, RuntimeError) as error:  # not callable with any array library; device absent
-        print(f"p-RoPE conformance check of {args.impl}: {error}\nGRADE: NOT CONFORMANT")
+        outcome.parameters = where
+    except UsageError as error:
+        print(f"p-rope-conformance check: {error}", file=sys.stderr)
+        return 2
+    except ImplementationError as error:
+        print(f"p-RoPE conformance check of {args.impl}: {error}\nGRADE: {GRADE_NAMES['fail']}")
         return 1
     print(render(outcome, args.level, args.max_failures))
     if outcome.reproducers:
@@ -326,4 +597,6 @@ def check_command(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(outcome.to_json(), indent=1, default=finite_json) + "\n")
     passed = LEVEL_ORDER.index(outcome.grade) >= LEVEL_ORDER.index(args.level)
+    if args.require_errors and any(raised is None for _, raised in outcome.errors):
+        passed = False
     return 0 if passed else 1

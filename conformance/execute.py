@@ -19,7 +19,8 @@ import numpy as np
 from p_rope.tolerance import LEVELS, error_map
 
 from .cases import STRICT_MAX_POSITION, Arrays, Case, iter_levels
-from .targets import NotApplicable, Target
+from .harness import CaseTimeout, deadline
+from .targets import Call, NotApplicable, Target
 
 # The positions each level speaks for (SPEC.md, "Accuracy"): conformant every finite position,
 # strict |position| <= 2**24.
@@ -54,6 +55,8 @@ class CaseResult:
     seconds: float = 0.0
     not_applicable: str | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    raised: str | None = None  # the exception that escaped the implementation, if one did
+    outputs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)  # kept when failing
 
     def passed(self, level: str) -> bool:
         return self.levels[level].passed
@@ -118,6 +121,7 @@ class Grader:
         self.problems: list[str] = []
         self.level_worst: dict[str, Worst] = {}
         self.first_strict_failure: float | None = None
+        self.outputs: dict[str, np.ndarray] = {}
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -149,6 +153,7 @@ class Grader:
     def grade_values(self, out: np.ndarray, x: np.ndarray, positions: np.ndarray, label: str = "out") -> None:
         """Compare with the reference; an output of another dtype is graded as rounded to the input's."""
         c = self.case
+        self.outputs[label] = out
         emap = error_map(
             out if out.dtype == x.dtype else out.astype(x.dtype),
             x,
@@ -199,7 +204,10 @@ class Grader:
                 worst = self.level_worst[level]
                 if worst.ratio > 1.0:
                     break
-        return CaseResult(self.case, self.levels, self.problems, worst, self.first_strict_failure, seconds)
+        outcome = CaseResult(self.case, self.levels, self.problems, worst, self.first_strict_failure, seconds)
+        if outcome.status == "fail":
+            outcome.outputs = self.outputs
+        return outcome
 
 
 def _describe_exception(error: BaseException) -> str:
@@ -212,8 +220,9 @@ def _describe_exception(error: BaseException) -> str:
     return f"raised {type(error).__name__}: {lines[0] if lines else ''}{where}"
 
 
-def execute(target: Target, case: Case, arrays: Arrays | None = None) -> CaseResult:
-    """Run ``case`` on ``target`` and grade it. Exceptions of the target are failures of the case."""
+def execute(target: Target, case: Case, arrays: Arrays | None = None, timeout: float | None = None) -> CaseResult:
+    """Run ``case`` on ``target`` and grade it. Whatever escapes the target (any exception, SystemExit,
+    KeyboardInterrupt, a call that does not return within ``timeout`` seconds) is a failure of the case."""
     start = time.perf_counter()
     grader = Grader(case)
     if case.op not in target.ops():
@@ -227,10 +236,11 @@ def execute(target: Target, case: Case, arrays: Arrays | None = None) -> CaseRes
         result.not_applicable = why
         return result
     arrays = arrays if arrays is not None else case.materialize()
+    raised = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with fw.precision(needs_64bit(case, arrays)):
+            with fw.precision(needs_64bit(case, arrays)), deadline(timeout):
                 if case.op == "errors":
                     _errors(target, grader)
                 else:
@@ -239,9 +249,14 @@ def execute(target: Target, case: Case, arrays: Arrays | None = None) -> CaseRes
             result = grader.result(0.0)
             result.not_applicable = f"{target.name} has no {why}"
             return result
-        except Exception as error:
-            grader.problem(_describe_exception(error))
+        except CaseTimeout as error:
+            raised = str(error)
+            grader.problem(raised)
+        except BaseException as error:  # SystemExit, KeyboardInterrupt... of the implementation
+            raised = _describe_exception(error)
+            grader.problem(raised)
     result = grader.result(time.perf_counter() - start)
+    result.raised = raised
     result.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
     return result
 
@@ -298,24 +313,41 @@ def _errors(target: Target, grader: Grader) -> None:
             grader.problem(f"{what}: raised {got}, the reference raises {expected}")
 
 
+def _grade_call(target: Target, call: Call, positions_np: np.ndarray, grader: Grader) -> None:
+    """Grade the outputs of one apply-like call; check what it had to leave untouched."""
+    fw = target.framework
+    for label, native, original in call.untouched:
+        now = fw.to_numpy(native)
+        if now.dtype != original.dtype and now.dtype.kind == original.dtype.kind:  # e.g. JAX's int64 -> int32
+            original = original.astype(now.dtype)
+        if not _same_bits(now, original):
+            grader.problem(f"{label}: modified by the call (SPEC.md section 5: arguments are never written)")
+    for output in call.outputs:
+        if not output.in_place and output.native_input is not None and fw.aliases(output.value, output.native_input):
+            grader.problem(
+                f"{output.label}: the input array itself (or a view of it) was returned; SPEC.md section 5 "
+                "requires a new array, even at R = 0"
+            )
+        got = grader.check_output(target, output.value, output.original, output.label)
+        if got is not None:
+            grader.grade_values(got, output.original, positions_np, output.label)
+
+
 def _run(target: Target, case: Case, arrays: Arrays, grader: Grader) -> None:
+    op = case.op
+    if op in ("apply", "special"):
+        _grade_call(target, target.call(case, arrays), arrays.positions, grader)
+        return
     fw, device = target.framework, target.device
     x_np, positions_np = arrays.inputs, arrays.positions
     x = fw.to_native(x_np, device)
     positions = fw.to_native(positions_np, device)
-    op = case.op
 
     def untouched(native: Any, original: np.ndarray, label: str) -> None:
         if not _same_bits(fw.to_numpy(native), original):
             grader.problem(f"{label}: the input was modified (SPEC.md: inputs are never written)")
 
-    if op in ("apply", "special"):
-        out = fw.synchronize(target.apply(case, x, positions))
-        untouched(x, x_np, "inputs")
-        got = grader.check_output(target, out, x_np)
-        if got is not None:
-            grader.grade_values(got, x_np, positions_np)
-    elif op == "tables":
+    if op == "tables":
         out, tables = target.tables(case, x, positions)
         fw.synchronize(out)
         untouched(x, x_np, "inputs")

@@ -64,6 +64,24 @@ class Framework:
         """function(*arrays), compiled the framework's way (JAX: under jit)."""
         return function(*arrays)
 
+    def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """The framework's compiler around an outside function (``check --compile``)."""
+        raise NotImplementedError(f"{self.name} has no compiler (--compile needs PyTorch or JAX)")
+
+    @contextlib.contextmanager
+    def autocast(self, dtype: str | None) -> Iterator[None]:
+        """The framework's mixed-precision mode (``check --autocast``); a no-op for None."""
+        if dtype is not None:
+            raise NotImplementedError(f"{self.name} has no autocast (--autocast needs PyTorch)")
+        yield
+
+    def aliases(self, output: Any, array: Any) -> bool:
+        """Whether ``output`` is ``array`` or a view of its memory (SPEC.md section 5: a new array)."""
+        return output is array
+
+    def is_integer(self, array: Any) -> bool:
+        return bool(np.asarray(self.to_numpy(array)).dtype.kind in "iu")
+
 
 class NumpyFramework(Framework):
     name = "numpy"
@@ -81,6 +99,9 @@ class NumpyFramework(Framework):
         from .cases import numpy_dtype
 
         return numpy_dtype(name)
+
+    def aliases(self, output: Any, array: Any) -> bool:
+        return output is array or (isinstance(output, np.ndarray) and np.shares_memory(output, array))
 
 
 class StrictFramework(Framework):
@@ -191,6 +212,9 @@ class JaxFramework(Framework):
 
     eager_calls = 0
 
+    def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return function  # call() runs it under jax.jit; with --compile it never falls back to eager
+
 
 class TorchFramework(Framework):
     name = "torch"
@@ -255,6 +279,28 @@ class TorchFramework(Framework):
         out = function(x)
         (grad,) = torch.autograd.grad(out, x, cotangent)
         return grad
+
+    def compile(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        return self._torch().compile(function)  # type: ignore[no-any-return]
+
+    @contextlib.contextmanager
+    def autocast(self, dtype: str | None) -> Iterator[None]:
+        if dtype is None:
+            yield
+            return
+        torch = self._torch()
+        with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=getattr(torch, dtype)):
+            yield
+
+    def aliases(self, output: Any, array: Any) -> bool:
+        torch = self._torch()
+        if output is array:
+            return True
+        if not (isinstance(output, torch.Tensor) and isinstance(array, torch.Tensor)):
+            return False
+        if output.numel() == 0 or array.numel() == 0:
+            return False
+        return bool(output.untyped_storage().data_ptr() == array.untyped_storage().data_ptr())
 
     def synchronize(self, value: Any) -> Any:
         torch = self._torch()

@@ -18,7 +18,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .cases import Case
+import numpy as np
+
+from .cases import Arrays, Case
 from .frameworks import Framework, framework
 
 # name -> (framework, how to load the module); see conformance/README.md to add one.
@@ -37,6 +39,38 @@ BACKENDS: dict[str, tuple[str, str]] = {
 
 class NotApplicable(Exception):
     """The target has no such operation (e.g. in-place on JAX, gradients in NumPy)."""
+
+
+class UsageError(Exception):
+    """The command was asked for something that cannot be done (exit status 2, never a grade)."""
+
+
+class ImplementationError(Exception):
+    """The implementation under test failed before a case ran (e.g. its file does not import)."""
+
+
+@dataclasses.dataclass
+class Output:
+    """One array an implementation produced for a case, and the input it is graded against.
+
+    value: the native array returned (or, in place, the buffer written, in the input's layout);
+    native_input: the native array it was computed from (a returned output must not be that object).
+    """
+
+    label: str
+    value: Any
+    original: np.ndarray
+    native_input: Any = None
+    in_place: bool = False
+
+
+@dataclasses.dataclass
+class Call:
+    """What one call of an apply-like operation produced: outputs to grade, and arrays that the call
+    must leave untouched (label, native array, its values before the call)."""
+
+    outputs: list[Output]
+    untouched: list[tuple[str, Any, np.ndarray]]
 
 
 def vendor_dir() -> Path:
@@ -87,6 +121,16 @@ class Target:
 
     def apply(self, case: Case, x: Any, positions: Any) -> Any:
         raise NotImplementedError
+
+    def call(self, case: Case, arrays: Arrays) -> Call:
+        """apply on the case's arrays: the output, and the inputs and positions it must leave alone."""
+        fw = self.framework
+        x, positions = fw.to_native(arrays.inputs, self.device), fw.to_native(arrays.positions, self.device)
+        out = fw.synchronize(self.apply(case, x, positions))
+        return Call(
+            [Output("out", out, arrays.inputs, x)],
+            [("inputs", x, arrays.inputs), ("positions", positions, arrays.positions)],
+        )
 
     def tables(self, case: Case, x: Any, positions: Any) -> tuple[Any, tuple[Any, Any]]:
         raise NotApplicable("tables")
@@ -181,18 +225,41 @@ SIGNATURES = ("paper", "gemma", "ours")
 OUR_KEYWORDS = ("rotated_pairs", "scale_factor", "pairing", "seq_axis")
 
 
+def _import_module(where: str, spec: str) -> ModuleType:
+    """Import ``where``: a missing module is a usage error, a module that fails while importing is the
+    implementation's failure."""
+    try:
+        return importlib.import_module(where)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if missing and (where == missing or where.startswith(missing + ".")):
+            raise UsageError(
+                f"--impl {spec}: no module named {missing!r} (run from the directory that holds it, or give "
+                f"the file: --impl path/to/file.py:function)"
+            ) from None
+        raise ImplementationError(f"importing {where} failed: ModuleNotFoundError: {error}") from error
+    except BaseException as error:  # a syntax error, SystemExit... at import: the module's failure
+        raise ImplementationError(f"importing {where} failed: {type(error).__name__}: {error}") from error
+
+
 def load_callable(spec: str) -> tuple[Callable[..., Any], str]:
     """``module:function`` or ``path/to/file.py:function`` (dotted attributes allowed).
 
-    Returns the callable and the import statement a reproducer script uses to get it.
+    Returns the callable and the import statement a reproducer script uses to get it. Raises
+    UsageError when there is no such module, file or attribute, ImplementationError when the module
+    fails while it is imported.
     """
     where, sep, attribute = spec.rpartition(":")
     if not sep or not where or not attribute:
-        raise ValueError(f"--impl must look like module:function or path/file.py:function; got {spec!r}")
+        raise UsageError(f"--impl must look like module:function or path/file.py:function; got {spec!r}")
     if where.endswith(".py") or os.sep in where or "/" in where:
         path = Path(where).resolve()
-        obj: Any = load_file(path, "p_rope_impl_under_test")
-        head, *rest = attribute.split(".")
+        if not path.is_file():
+            raise UsageError(f"--impl {spec}: {path} does not exist")
+        try:
+            obj: Any = load_file(path, "p_rope_impl_under_test")
+        except BaseException as error:  # the file's own failure at import
+            raise ImplementationError(f"importing {path} failed: {type(error).__name__}: {error}") from error
         statement = (
             "import importlib.util\n"
             f"_spec = importlib.util.spec_from_file_location('impl_under_test', {str(path)!r})\n"
@@ -201,26 +268,37 @@ def load_callable(spec: str) -> tuple[Callable[..., Any], str]:
             f"impl = _module.{attribute}\n"
         )
     else:
-        obj = importlib.import_module(where)
-        head, *rest = attribute.split(".")
+        obj = _import_module(where, spec)
         statement = f"import {where}\nimpl = {where}.{attribute}\n"
-    for part in [head, *rest]:
+    for part in attribute.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"--impl {spec}: {getattr(obj, '__name__', where)} has no attribute {part!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise TypeError(f"{spec} is not callable")
+        raise UsageError(f"--impl {spec} is not callable")
     return obj, statement
 
 
-def detect_signature(function: Callable[..., Any]) -> tuple[str, frozenset[str]]:
-    """("paper" | "gemma" | "ours", the keywords of this project's signature it accepts)."""
+def parameter_names(function: Callable[..., Any]) -> tuple[list[str], bool]:
+    """The parameter names of a callable (a class: its __init__; an object: its __call__), and whether
+    it takes **kwargs. ([], False) when they cannot be read."""
     try:
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
-        return "paper", frozenset()
-    names = set(parameters)
+        return [], False
+    names = [n for n, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def detect_signature(function: Callable[..., Any]) -> tuple[str, frozenset[str]]:
+    """("paper" | "gemma" | "ours", the keywords of this project's signature it accepts).
+
+    Each keyword opts in its own cases only; a function with **kwargs (or all four keywords) is taken
+    to have this project's whole signature, batch axes and broadcast positions included."""
+    names, var_keyword = parameter_names(function)
     if "base_frequency" in names:
-        return "gemma", frozenset({"scale_factor"} & names)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return "gemma", frozenset({"scale_factor"} & set(names))
+    if var_keyword:
         return "ours", frozenset(OUR_KEYWORDS)
     accepted = frozenset(k for k in OUR_KEYWORDS if k in names)
     return ("ours" if accepted else "paper"), accepted
@@ -233,23 +311,45 @@ class CallableTarget(Target):
     function: Callable[..., Any] | None = None
     signature: str = "paper"
     keywords: frozenset[str] = frozenset()
+    compile: bool = False  # --compile: torch.compile around the callable (JAX: jax.jit, never eagerly)
+    autocast: str | None = None  # --autocast bfloat16: the call runs under the framework's autocast
+    _compiled: Callable[..., Any] | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def convention(self) -> str:
+        return self.signature
 
     def ops(self) -> set[str]:
         return {"apply", "special"}
 
     def supports(self, case: Case) -> str | None:
-        """None if the case can be expressed with this signature, else why not."""
-        if self.signature in ("paper", "gemma"):
-            needed = set(case.keywords()) - set(self.keywords)
-            if needed or len(case.shape) != 4 or case.positions.form != "full":
-                return "needs " + (", ".join(sorted(needed)) if needed else "[B, L, N, H] inputs / [B, L] positions")
-            return None
+        """None if the case can be expressed with this signature, else why not. Each keyword of this
+        project's signature opts in the cases that need it; batch axes other than one and positions
+        broadcast over the batch need the whole signature (all four keywords, or **kwargs)."""
         missing = set(case.keywords()) - set(self.keywords)
-        return f"needs keyword {', '.join(sorted(missing))}" if missing else None
+        if missing:
+            return "needs keyword " + ", ".join(sorted(missing))
+        whole = self.signature == "ours" and set(self.keywords) == set(OUR_KEYWORDS)
+        if not whole and (len(case.shape) != 4 or case.positions.form != "full"):
+            return "needs [B, L, N, H] inputs / [B, L] positions"
+        return None
+
+    def callable(self) -> Callable[..., Any]:
+        """The function under test, compiled once when --compile asks for it."""
+        assert self.function is not None
+        if not self.compile:
+            return self.function
+        if self._compiled is None:
+            self._compiled = self.framework.compile(self.function)
+        return self._compiled
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function under test (compiled, under autocast, as asked)."""
+        with self.framework.autocast(self.autocast):
+            return self.callable()(*args, **kwargs)
 
     def _apply(self, case: Case, x: Any, positions: Any) -> Any:
-        f = self.function
-        assert f is not None
+        f = self.invoke
         if self.signature == "gemma":
             kw = {"scale_factor": case.scale_factor} if case.scale_factor != 1.0 else {}
             return f(x, positions, base_frequency=case.max_wavelength, rope_proportion=case.rope_percentage, **kw)
@@ -257,4 +357,5 @@ class CallableTarget(Target):
         return f(x, positions, *args, **kw)
 
     def apply(self, case: Case, x: Any, positions: Any) -> Any:
-        return self.framework.call(lambda v, p: self._apply(case, v, p), x, positions, allow_eager=True)
+        allow_eager = not self.compile
+        return self.framework.call(lambda v, p: self._apply(case, v, p), x, positions, allow_eager=allow_eager)

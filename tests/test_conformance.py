@@ -191,7 +191,7 @@ def test_check_command_accepts_the_reference_by_path(tmp_path: Path, capsys):
     )
     assert main(["check", "--impl", f"{impl}:rope"]) == 0
     out = capsys.readouterr().out
-    assert "signature paper" in out and "GRADE: STRICT" in out and "not tested" in out
+    assert "convention paper" in out and "GRADE: STRICT" in out and "not tested" in out
 
 
 def test_check_level_strict_exit_status(capsys):
@@ -206,9 +206,12 @@ def test_check_needs_an_impl(monkeypatch: pytest.MonkeyPatch):
     assert main(["check"]) == 2
 
 
-def test_check_on_a_device_the_framework_lacks_fails(capsys):
-    assert main(["check", "--impl", "p_rope.conformance.outside:paper_numpy", "--device", "cuda"]) == 1
-    assert "NOT CONFORMANT" in capsys.readouterr().out
+def test_check_on_a_device_the_framework_lacks_is_a_usage_error(capsys):
+    """An absent device is the environment's problem: exit status 2, one line, no grade."""
+    assert main(["check", "--impl", "p_rope.conformance.outside:paper_numpy", "--device", "cuda"]) == 2
+    captured = capsys.readouterr()
+    assert "GRADE" not in captured.out and len(captured.err.strip().splitlines()) == 1
+    assert "device cuda is not present" in captured.err
 
 
 def test_check_of_something_that_is_not_p_rope_fails(capsys):

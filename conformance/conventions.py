@@ -1,0 +1,467 @@
+"""The call conventions outside p-RoPE code comes in, each as a ``check`` target (``--convention``).
+
+* ``paper``, ``gemma``, ``ours``: one function from inputs and positions (targets.CallableTarget).
+* ``hf``: a cos/sin-table API, Hugging Face's ``apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=...)``
+  (or ``(x, cos, sin, unsqueeze_dim=...)``), cos/sin ``[B, L, H]`` built by a rotary module the user
+  names (``--rotary``, called ``rotary(x, position_ids)``) or from SPEC.md's tables.
+* ``vllm``: an engine's in-place kernel over flattened tokens, ``layer(positions, query, key)`` with
+  query ``[T, N*H]``, key ``[T, N_k*H]`` and a cos/sin cache indexed by position: the layer is built
+  by the callable named (a factory taking the case's parameters by name), or the callable is the
+  kernel itself and takes the cache (``cos_sin_cache``) the suite builds.
+* ``flash_attn``: ``apply_rotary_emb(x, cos, sin, interleaved, inplace, seqlen_offsets, cu_seqlens)``
+  with cos/sin ``[S, H/2]`` (full width: cos 1, sin 0 on NoPE pairs) indexed by seqlen_offsets + l.
+* ``angles``: rotary-embedding-torch's ``apply_rotary_emb(freqs, t, seq_dim=...)``, freqs the angle of
+  each lane (pairs interleaved), from ``--rotary`` (``rotary(positions)``) or SPEC.md's frequencies.
+
+A rotary module or layer factory receives the case's parameters under the names it declares
+(``FACTORY_NAMES``); a transformers class taking a ``config`` gets the configuration it needs, built
+from the parameters (``hf_config``). Cases a convention cannot express are "not tested".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .cases import Arrays, Case
+from .frameworks import Framework
+from .targets import Call, CallableTarget, Output, UsageError, detect_signature, parameter_names
+
+CONVENTIONS = {
+    "paper": "f(inputs, positions, head_dim, max_wavelength, rope_percentage)",
+    "gemma": "f(inputs, positions, *, base_frequency, scale_factor=..., rope_proportion=...)",
+    "ours": "f(inputs, positions, head_dim, max_wavelength, rope_percentage, *, <keywords it accepts of "
+    "rotated_pairs, scale_factor, pairing, seq_axis>)",
+    "hf": "f(q, k, cos, sin, unsqueeze_dim=...) -> (q, k) or f(x, cos, sin, unsqueeze_dim=...) -> x; "
+    "cos/sin [B, L, H] from --rotary (rotary(x, position_ids)) or SPEC.md's tables",
+    "vllm": "layer(positions, query, key) on [T, N*H] tokens, in place or returning (query, key); the layer "
+    "from a factory taking the parameters by name, or a kernel taking cos_sin_cache",
+    "flash_attn": "f(x, cos, sin, interleaved=..., inplace=..., seqlen_offsets=..., cu_seqlens=...), cos/sin [S, H/2]",
+    "angles": "f(freqs, t, seq_dim=...), freqs [..., L, H] angles (pairs interleaved) from --rotary "
+    "(rotary(positions)) or SPEC.md's frequencies",
+}
+
+# The names under which a factory (rotary module, engine layer) receives each parameter.
+FACTORY_NAMES: dict[str, tuple[str, ...]] = {
+    "head_dim": ("head_dim", "head_size", "dim"),
+    "rotary_dim": ("rotary_dim",),
+    "max_wavelength": ("max_wavelength", "base", "rope_theta", "theta", "base_frequency", "max_timescale"),
+    "rope_percentage": ("rope_percentage", "partial_rotary_factor", "rope_proportion", "rotary_percent"),
+    "scale_factor": ("scale_factor", "factor", "scaling_factor"),
+    "max_position": ("max_position", "max_position_embeddings"),
+    "is_neox_style": ("is_neox_style", "is_neox"),
+    "dtype": ("dtype",),
+    "frequencies": ("custom_freqs", "inv_freq"),
+}
+CACHE_LIMIT = 2**24  # entries of a position-indexed cos/sin cache the suite builds or asks for
+
+
+def full_tables(case: Case, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SPEC.md's cos and sin of every pair (H/2; cos 1 and sin 0 on NoPE pairs), float64, exact."""
+    from p_rope.reference import p_rope_tables
+
+    cos, sin = p_rope_tables(
+        np.asarray(positions, dtype=np.float64),
+        case.head_dim,
+        case.max_wavelength,
+        rotated_pairs=case.pairs,
+        scale_factor=case.scale_factor,
+    )
+    nope = case.head_dim // 2 - case.pairs
+    pad = [(0, 0)] * (cos.ndim - 1) + [(0, nope)]
+    return np.pad(cos, pad, constant_values=1.0), np.pad(sin, pad, constant_values=0.0)
+
+
+def spec_frequencies(case: Case) -> np.ndarray:
+    from p_rope.reference import frequencies
+
+    return frequencies(case.head_dim, case.max_wavelength, rotated_pairs=case.pairs, scale_factor=case.scale_factor)
+
+
+def table_dtype(case: Case) -> str:
+    """The dtype of a cache or angle table the suite builds: float64 for float64 inputs, else float32."""
+    return "float64" if case.dtype == "float64" else "float32"
+
+
+def full_positions(case: Case, positions: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(positions, (*case.batch_shape, case.seq_len)).copy()
+
+
+def _accepts(function: Callable[..., Any], name: str) -> bool:
+    names, var_keyword = parameter_names(function)
+    return name in names or var_keyword
+
+
+# ---------------------------------------------------------------------------------------------
+# Factories: rotary modules and engine layers built at a case's parameters
+
+
+def _parameter_values(case: Case, fw: Framework, device: str, max_position: int) -> dict[str, Any]:
+    return {
+        "head_dim": case.head_dim,
+        "rotary_dim": case.head_dim,  # full width: p-RoPE keeps the NoPE pairs in place (cos 1, sin 0)
+        "max_wavelength": case.max_wavelength,
+        "rope_percentage": case.rope_percentage,
+        "scale_factor": case.scale_factor,
+        "max_position": max_position,
+        "is_neox_style": case.pairing == "split_half",
+        "dtype": fw.dtype(case.dtype),
+        "frequencies": fw.to_native(spec_frequencies(case).astype(table_dtype(case)), device),
+    }
+
+
+def _config_class(factory: Callable[..., Any]) -> Any:
+    """The class annotated for a transformers module's ``config`` argument."""
+    init = factory.__init__ if inspect.isclass(factory) else factory  # type: ignore[misc]
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # unresolvable annotations: read the module's globals below
+        hints = {}
+    config = hints.get("config")
+    if config is None:
+        annotation = inspect.signature(init).parameters["config"].annotation
+        module = inspect.getmodule(factory)
+        config = getattr(module, str(annotation).strip("'\""), None) if isinstance(annotation, str) else annotation
+    if not inspect.isclass(config):
+        raise UsageError(f"{getattr(factory, '__name__', factory)} takes a config whose class cannot be found")
+    return config
+
+
+def hf_config(factory: Callable[..., Any], case: Case, max_position: int, layer_type: str) -> Any:
+    """The transformers configuration a rotary class needs, from the case's parameters: head_dim H,
+    rope_theta w, partial_rotary_factor p and factor s ("proportional" RoPE; "default" at p = 1, s = 1),
+    one attention head, per layer type when the configuration has layer types."""
+    config_class = _config_class(factory)
+    plain = case.rope_percentage == 1.0 and case.scale_factor == 1.0
+    rope: dict[str, Any] = {"rope_type": "default" if plain else "proportional", "rope_theta": case.max_wavelength}
+    if not plain:
+        rope |= {"partial_rotary_factor": case.rope_percentage, "factor": case.scale_factor}
+    fields = set(getattr(config_class, "__dataclass_fields__", {})) | set(getattr(config_class, "__annotations__", {}))
+    layered = "layer_types" in fields
+    kwargs: dict[str, Any] = {
+        "head_dim": case.head_dim,
+        "hidden_size": case.head_dim,
+        "num_attention_heads": 1,
+        "num_key_value_heads": 1,
+        "num_hidden_layers": 1,
+        "max_position_embeddings": max_position,
+        "rope_parameters": {layer_type: rope} if layered else rope,
+    }
+    if layered:
+        kwargs |= {"layer_types": [layer_type], "global_head_dim": case.head_dim}
+    return config_class(**kwargs)
+
+
+def build(
+    factory: Callable[..., Any], case: Case, fw: Framework, device: str, max_position: int, layer_type: str
+) -> Any:
+    """Call ``factory`` with the case's parameters under the names it declares (FACTORY_NAMES), or with
+    the transformers configuration it needs."""
+    names, var_keyword = parameter_names(factory)
+    if "config" in names:
+        module = factory(hf_config(factory, case, max_position, layer_type))
+    else:
+        values = _parameter_values(case, fw, device, max_position)
+        kwargs = {}
+        for ours, synonyms in FACTORY_NAMES.items():
+            found = next((n for n in synonyms if n in names), ours if var_keyword else None)
+            if found is not None:
+                kwargs[found] = values[ours]
+        module = factory(**kwargs)
+    to = getattr(module, "to", None)
+    if callable(to) and fw.name == "torch":
+        module = to(device)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# The table and engine conventions
+
+
+@dataclasses.dataclass
+class ConventionTarget(CallableTarget):
+    """Base of the conventions that are not one apply call: the rotary module or layer factory
+    (``--rotary``) and the layer type passed to a transformers rotary class."""
+
+    rotary: Callable[..., Any] | None = None
+    layer_type: str = "full_attention"
+    _built: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def convention(self) -> str:
+        return self.signature
+
+    def built(self, factory: Callable[..., Any], case: Case, max_position: int) -> Any:
+        key = (id(factory), case.head_dim, case.max_wavelength, case.rope_percentage, case.pairs,
+               case.scale_factor, case.pairing, case.dtype, max_position)  # fmt: skip
+        if key not in self._built:
+            self._built[key] = build(factory, case, self.framework, self.device, max_position, self.layer_type)
+        return self._built[key]
+
+    def common(self, case: Case) -> str | None:
+        if len(case.shape) != 4:
+            return "needs [B, L, N, H] or [B, N, L, H] inputs"
+        return None
+
+    def native(self, array: np.ndarray) -> Any:
+        return self.framework.to_native(array, self.device)
+
+    def second_input(self, case: Case, arrays: Arrays) -> np.ndarray:
+        """k for a (q, k) call: the last head of the inputs (one key head, as in grouped attention)."""
+        axis = -2 if case.seq_axis == -3 else -3
+        return np.take(arrays.inputs, [arrays.inputs.shape[axis] - 1], axis=axis).copy()
+
+
+@dataclasses.dataclass
+class HfTarget(ConventionTarget):
+    """cos/sin-table API: f(q, k, cos, sin, unsqueeze_dim=...) or f(x, cos, sin, unsqueeze_dim=...)."""
+
+    def supports(self, case: Case) -> str | None:
+        assert self.function is not None
+        why = self.common(case)
+        if why or case.pairing != "split_half":
+            return why or "needs interleaved pairs (rotate_half pairs i with i + H/2)"
+        if case.seq_axis == -3 and not _accepts(self.function, "unsqueeze_dim"):
+            return "needs unsqueeze_dim ([B, L, N, H] inputs)"
+        if self.rotary is not None:
+            if case.rotated_pairs is not None:
+                return "needs rotated_pairs (a rotary module takes rope_percentage)"
+            if case.positions.dtype.startswith("float"):
+                return "needs real positions (position_ids are integers)"
+        return None
+
+    def cos_sin(self, case: Case, x: Any, positions: np.ndarray) -> tuple[Any, Any, list[tuple[str, Any, np.ndarray]]]:
+        position_ids = full_positions(case, positions)
+        if self.rotary is not None:
+            module = self.built(self.rotary, case, max_position=int(np.abs(position_ids).max(initial=0)) + 1)
+            ids = self.native(position_ids.astype(np.int64))
+            if _accepts(getattr(module, "forward", module), "layer_type"):
+                cos, sin = module(x, ids, self.layer_type)
+            else:
+                cos, sin = module(x, ids)
+            return cos, sin, [("position_ids", ids, position_ids.astype(np.int64))]
+        # Hugging Face's rotary modules return cos/sin in the activations' dtype: so do these.
+        cos64, sin64 = full_tables(case, position_ids)
+        cos_np, sin_np = (np.concatenate([t, t], axis=-1).astype(arrays_dtype(case)) for t in (cos64, sin64))
+        cos, sin = self.native(cos_np), self.native(sin_np)
+        return cos, sin, [("cos", cos, cos_np), ("sin", sin, sin_np)]
+
+    def call(self, case: Case, arrays: Arrays) -> Call:
+        f = self.invoke
+        assert self.function is not None
+        q = self.native(arrays.inputs)
+        cos, sin, watched = self.cos_sin(case, q, arrays.positions)
+        kw = {"unsqueeze_dim": 2 if case.seq_axis == -3 else 1} if _accepts(self.function, "unsqueeze_dim") else {}
+        names, _ = parameter_names(self.function)
+        watched = [("q", q, arrays.inputs), *watched]
+        if len(names) >= 4 and names[2:4] == ["cos", "sin"]:
+            k_np = self.second_input(case, arrays)
+            k = self.native(k_np)
+            q_out, k_out = f(q, k, cos, sin, **kw)
+            outputs = [Output("q", q_out, arrays.inputs, q), Output("k", k_out, k_np, k)]
+            watched.append(("k", k, k_np))
+        else:
+            outputs = [Output("out", f(q, cos, sin, **kw), arrays.inputs, q)]
+        return Call(outputs, watched)
+
+
+def arrays_dtype(case: Case) -> Any:
+    from .cases import numpy_dtype
+
+    return numpy_dtype(case.dtype)
+
+
+def _cache_rows(case: Case, positions: np.ndarray) -> int | None:
+    """Rows of a position-indexed cache for these positions (None: not non-negative integers, or too large)."""
+    if case.positions.dtype.startswith("float") or positions.size == 0 or positions.min() < 0:
+        return None
+    rows = int(positions.max()) + 1
+    return rows if rows * case.head_dim <= CACHE_LIMIT else None
+
+
+@dataclasses.dataclass
+class VllmTarget(ConventionTarget):
+    """Engine style: layer(positions, query, key) on flattened tokens, in place or returning (query, key)."""
+
+    @property
+    def is_kernel(self) -> bool:
+        assert self.function is not None
+        names, _ = parameter_names(self.function)
+        return names[:3] == ["positions", "query", "key"]
+
+    def supports(self, case: Case) -> str | None:
+        why = self.common(case)
+        if why or case.seq_axis != -3:
+            return why or "needs [B, L, N, H] inputs (tokens are flattened [T, N*H])"
+        if case.positions.dtype.startswith("float"):
+            return "needs real positions (a cache is indexed by integer positions)"
+        if case.positions.low < 0:
+            return "needs negative positions (a cache is indexed by positions >= 0)"
+        if _cache_rows(case, case.materialize().positions) is None:
+            return f"needs a cos/sin cache of more than {CACHE_LIMIT} entries"
+        return None
+
+    def call(self, case: Case, arrays: Arrays) -> Call:
+        x_np, k_np = arrays.inputs, self.second_input(case, arrays)
+        batch, length, heads, head_dim = x_np.shape
+        positions = full_positions(case, arrays.positions).reshape(-1).astype(np.int64)
+        rows = _cache_rows(case, positions)
+        assert rows is not None
+        query = self.native(x_np.reshape(batch * length, heads * head_dim))
+        key = self.native(k_np.reshape(batch * length, head_dim))
+        pos = self.native(positions)
+        watched: list[tuple[str, Any, np.ndarray]] = [("positions", pos, positions)]
+        if self.is_kernel:
+            cos, sin = full_tables(case, np.arange(rows))
+            cache_np = np.concatenate([cos, sin], axis=-1).astype(table_dtype(case))
+            cache = self.native(cache_np)
+            values = {"head_size": head_dim, "cos_sin_cache": cache, "is_neox": case.pairing == "split_half"}
+            names, _ = parameter_names(self.function)  # type: ignore[arg-type]
+            result = self.invoke(pos, query, key, **{k: v for k, v in values.items() if k in names})
+            watched.append(("cos_sin_cache", cache, cache_np))
+        else:
+            layer = self.built(self.function, case, max_position=rows)  # type: ignore[arg-type]
+            forward = getattr(layer, "forward_native", None) if self.framework.name != "torch" else None
+            result = (forward or layer)(pos, query, key)
+        if isinstance(result, tuple) and len(result) == 2 and result[0] is not None:
+            q_out, k_out = result
+            in_place = False
+        else:
+            q_out, k_out, in_place = query, key, True
+        outputs = [
+            Output("query", q_out.reshape(x_np.shape), x_np, None, in_place),
+            Output("key", k_out.reshape(k_np.shape), k_np, None, in_place),
+        ]
+        return Call(outputs, watched)
+
+
+@dataclasses.dataclass
+class FlashTarget(ConventionTarget):
+    """flash-attn: f(x, cos, sin, interleaved, inplace, seqlen_offsets, cu_seqlens, max_seqlen)."""
+
+    def supports(self, case: Case) -> str | None:
+        why = self.common(case)
+        if why or case.seq_axis != -3:
+            return why or "needs [B, L, N, H] inputs"
+        if case.pairing == "interleaved" and not _accepts(self.function, "interleaved"):  # type: ignore[arg-type]
+            return "needs interleaved"
+        return None
+
+    def call(self, case: Case, arrays: Arrays) -> Call:
+        assert self.function is not None
+        x_np = arrays.inputs
+        batch, length, heads, head_dim = x_np.shape
+        positions = full_positions(case, arrays.positions)
+        rows = _cache_rows(case, positions)
+        offsets_kind = case.positions.kind == "offsets" and rows is not None and rows + length <= 2**16
+        if offsets_kind:  # a table indexed by position, the rows' first positions as seqlen_offsets
+            cos64, sin64 = full_tables(case, np.arange(int(positions.max()) + 1))
+            offsets = positions[:, 0].astype(np.int32)
+        else:  # one table row per token: row b's tokens at offset b * L
+            cos64, sin64 = full_tables(case, positions.reshape(-1))
+            offsets = (np.arange(batch) * length).astype(np.int32)
+        cos_np, sin_np = cos64.astype(x_np.dtype), sin64.astype(x_np.dtype)
+        x, cos, sin = self.native(x_np), self.native(cos_np), self.native(sin_np)
+        kw: dict[str, Any] = {"seqlen_offsets": self.native(offsets)}
+        if case.pairing == "interleaved":
+            kw["interleaved"] = True
+        in_place = _accepts(self.function, "inplace") and case.seed % 2 == 1
+        if in_place:
+            kw["inplace"] = True
+        varlen = _accepts(self.function, "cu_seqlens") and case.seed % 3 == 0
+        arg = x
+        if varlen:
+            arg = x.reshape(batch * length, heads, head_dim)
+            kw |= {"cu_seqlens": self.native((np.arange(batch + 1) * length).astype(np.int32)), "max_seqlen": length}
+        out = self.invoke(arg, cos, sin, **kw)
+        value = (arg if in_place else out).reshape(x_np.shape)
+        watched = [("cos", cos, cos_np), ("sin", sin, sin_np)] + ([] if in_place else [("x", x, x_np)])
+        return Call([Output("x (in place)" if in_place else "out", value, x_np, x, in_place)], watched)
+
+
+@dataclasses.dataclass
+class AnglesTarget(ConventionTarget):
+    """rotary-embedding-torch: f(freqs, t, seq_dim=...) with per-lane angles, pairs interleaved."""
+
+    def supports(self, case: Case) -> str | None:
+        why = self.common(case)
+        if why or case.pairing != "interleaved":
+            return why or "needs split-half pairs (this convention rotates interleaved pairs)"
+        if self.rotary is not None and case.rotated_pairs is not None:
+            return "needs rotated_pairs (a rotary module takes rope_percentage)"
+        return None
+
+    def call(self, case: Case, arrays: Arrays) -> Call:
+        assert self.function is not None
+        x_np = arrays.inputs
+        positions = full_positions(case, arrays.positions)
+        if self.rotary is not None:
+            module = self.built(self.rotary, case, max_position=int(np.abs(positions).max(initial=0)) + 1)
+            angles = module(self.native(positions.astype(table_dtype(case))))
+            watched: list[tuple[str, Any, np.ndarray]] = []
+        else:
+            dtype = table_dtype(case)
+            angles_np = positions.astype(dtype)[..., None] * spec_frequencies(case).astype(dtype)
+            angles_np = np.repeat(angles_np, 2, axis=-1)
+            angles = self.native(angles_np)
+            watched = [("freqs", angles, angles_np)]
+        axis = 1 if case.seq_axis == -2 else 2
+        freqs = angles.reshape((*angles.shape[:axis], 1, *angles.shape[axis:]))
+        t = self.native(x_np)
+        kw = {"seq_dim": case.seq_axis} if _accepts(self.function, "seq_dim") else {}
+        out = self.invoke(freqs, t, **kw)
+        return Call([Output("out", out, x_np, t)], [("t", t, x_np), *watched])
+
+
+TARGETS: dict[str, type[CallableTarget]] = {
+    "paper": CallableTarget,
+    "gemma": CallableTarget,
+    "ours": CallableTarget,
+    "hf": HfTarget,
+    "vllm": VllmTarget,
+    "flash_attn": FlashTarget,
+    "angles": AnglesTarget,
+}
+
+
+def detect_convention(function: Callable[..., Any]) -> tuple[str, frozenset[str]]:
+    """The convention of a callable from its parameter names, where they say it unambiguously."""
+    names, _ = parameter_names(getattr(function, "forward", None) or function)
+    if names[:3] == ["positions", "query", "key"]:
+        return "vllm", frozenset()
+    if len(names) >= 3 and names[1:3] == ["cos", "sin"] and "seqlen_offsets" in names:
+        return "flash_attn", frozenset()
+    if len(names) >= 3 and ("cos", "sin") in (tuple(names[1:3]), tuple(names[2:4])):
+        return "hf", frozenset()
+    if names[:2] == ["freqs", "t"]:
+        return "angles", frozenset()
+    return detect_signature(function)
+
+
+def make_target(
+    convention: str,
+    function: Callable[..., Any],
+    fw: Framework,
+    device: str,
+    *,
+    name: str = "impl",
+    keywords: frozenset[str] = frozenset(),
+    rotary: Callable[..., Any] | None = None,
+    layer_type: str = "full_attention",
+    compile: bool = False,
+    autocast: str | None = None,
+) -> CallableTarget:
+    if convention not in TARGETS:
+        raise UsageError(f"unknown convention {convention!r}; known: {', '.join(TARGETS)}")
+    cls = TARGETS[convention]
+    common = dict(function=function, signature=convention, keywords=keywords, compile=compile, autocast=autocast)
+    if issubclass(cls, ConventionTarget):
+        return cls(name, fw, device, **common, rotary=rotary, layer_type=layer_type)  # type: ignore[arg-type]
+    if rotary is not None:
+        raise UsageError(f"--rotary is for the table conventions (hf, angles), not {convention}")
+    return cls(name, fw, device, **common)  # type: ignore[arg-type]
