@@ -6,7 +6,10 @@ on. Every backend builds on these helpers:
 * ``exact_tables``: float32 cos/sin tables accurate to a few float32 ulps at any position up
   to 2**24, using no float64 (SPEC.md, "Accuracy", strict level);
 * ``rotate``: the rotation of the 2R rotated lanes, NoPE lanes passed through bit for bit;
-* ``prepare``: every argument check of SPEC.md ("Errors"), before any work.
+* ``rotate_into``: the same rotation in blocks, into a mutable output, temporaries bounded;
+* ``array_meta``, ``positions_meta``, ``as_positions``: the metadata that the checks of
+  ``p_rope._params`` read (every check of SPEC.md's "Errors", before any work), and positions as
+  an array of the inputs' library on their device.
 
 The public API over these helpers is in ``array_api.py`` (any array API library), ``jax.py``
 and ``torch.py``; its normative description is spec/SPEC.md.
@@ -22,22 +25,20 @@ from typing import Any
 import array_api_compat
 from p_rope._params import (  # vendor: inline
     CHUNK_BITS,
-    POSITION_FLOAT_DTYPES,
+    ArrayMeta,
+    BadPositions,
+    NotAnArray,
     RopeTables,
-    check_head_dim,
-    check_input_dtype,
-    check_input_shape,
-    check_max_wavelength,
-    check_pairing,
-    check_positions_dtype,
-    check_positions_shape,
-    check_scale_factor,
-    check_seq_axis,
-    check_tables,
-    check_tables_dtype,
+    TableSpec,
+    block_of,
+    check_table_dtype,
+    check_x64_positions,
     frequency_values,
-    resolve_rotated_pairs,
+    is_integer_dtype,
+    python_positions,
     revolution_chunks,
+    token_blocks,
+    token_shape,
 )
 
 _TWO_PI_HI = 6.2831854820251465  # float32(2 pi)
@@ -57,55 +58,56 @@ def dtype_name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1].strip("'>")
 
 
-def is_integer_dtype(name: str) -> bool:
-    return name.startswith(("int", "uint"))
-
-
-def check_array(xp: Any, value: object, argument: str) -> None:
+def array_meta(value: Any, expected: str = "an array") -> ArrayMeta | NotAnArray:
+    """What the checks of p_rope._params read of an array argument (dtype name, shape, device)."""
     if not array_api_compat.is_array_api_obj(value):
-        raise TypeError(f"{argument} must be an array; got {type(value).__name__}")
+        return NotAnArray(type(value).__name__, expected)
+    return ArrayMeta(dtype_name(value.dtype), tuple(value.shape), array_api_compat.device(value))
 
 
-def check_inputs(value: Any, head_dim: int, argument: str = "inputs") -> str:
-    """Type, dtype and shape of inputs (SPEC.md, "Errors"); returns its dtype name."""
-    if not array_api_compat.is_array_api_obj(value):
-        raise TypeError(f"{argument} must be an array; got {type(value).__name__}")
-    name = check_input_dtype(dtype_name(value.dtype), argument)
-    check_input_shape(tuple(value.shape), head_dim, argument)
-    return name
+def _integer_bits(xp: Any) -> int:
+    """The width of xp's default integer (32 for JAX with jax_enable_x64 off, 64 elsewhere)."""
+    return int(xp.iinfo(xp.__array_namespace_info__().default_dtypes()["integral"]).bits)
 
 
-def as_positions(xp: Any, positions: Any, like: Any) -> Any:
-    """positions as an array on like's device, with its dtype checked (SPEC.md, "Positions")."""
-    if not array_api_compat.is_array_api_obj(positions):
-        positions = xp.asarray(positions)
-    name = dtype_name(positions.dtype)
-    if name == "bool" or not (is_integer_dtype(name) or name.startswith(("float", "bfloat"))):
-        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
-    check_positions_dtype(name, is_integer_dtype(name))
+def positions_meta(xp: Any, positions: Any) -> ArrayMeta | BadPositions:
+    """The metadata of positions: an array's own, or that of the array xp makes of Python values."""
+    if array_api_compat.is_array_api_obj(positions):
+        return ArrayMeta(dtype_name(positions.dtype), tuple(positions.shape))
+    return python_positions(positions, _integer_bits(xp))
+
+
+def as_positions(xp: Any, positions: Any, meta: ArrayMeta, like: Any) -> Any:
+    """Checked positions as an array of xp on like's device (SPEC.md, "Positions"): Python values
+    in meta's dtype; another library's array through xp.asarray, its integers never wrapped."""
     device = array_api_compat.device(like)
+    if not array_api_compat.is_array_api_obj(positions):
+        return xp.asarray(positions, dtype=getattr(xp, meta.dtype), device=device)
+    source = array_api_compat.array_namespace(positions)
+    if source is not xp:
+        converted = xp.asarray(positions, device=device)
+        name = dtype_name(converted.dtype)
+        if name != meta.dtype and is_integer_dtype(meta.dtype) and positions.size:
+            low, high = int(source.min(positions)), int(source.max(positions))
+            check_x64_positions(low, high, meta.dtype, name)
+        return converted
     if array_api_compat.device(positions) != device:
         positions = array_api_compat.to_device(positions, device)
     return positions
 
 
-def resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor) -> tuple[int, float, int, float]:
-    """Checked (head_dim, max_wavelength, R, scale_factor)."""
-    head_dim = check_head_dim(head_dim)
-    pairs = resolve_rotated_pairs(head_dim, rope_percentage, rotated_pairs)
-    return head_dim, check_max_wavelength(max_wavelength), pairs, check_scale_factor(scale_factor)
-
-
-def compute_dtype_name(inputs_dtype: str) -> str:
-    """float64 inputs compute in float64; float16, bfloat16 and float32 in float32."""
-    return "float64" if inputs_dtype == "float64" else "float32"
-
-
 def table_dtype_name(dtype: object) -> str:
-    name = "float32" if dtype is None else dtype_name(dtype)
-    if name not in POSITION_FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64; got {name}")
-    return name
+    """The checked name of a table dtype argument (None: float32)."""
+    return check_table_dtype("float32" if dtype is None else dtype_name(dtype))
+
+
+def element_strides(x: Any) -> tuple[int, ...]:
+    """x's strides in elements (torch, NumPy, array-api-strict over NumPy)."""
+    stride = getattr(x, "stride", None)
+    if callable(stride):
+        return tuple(stride())
+    array = x if hasattr(x, "strides") else getattr(x, "_array", x)
+    return tuple(step // array.itemsize for step in array.strides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,14 +119,30 @@ def _frac(xp: Any, t: Any) -> Any:
     return t - xp.round(t)
 
 
+def _wide_integers(xp: Any, positions: Any) -> Any:
+    """Integer positions in a dtype in which p // 4096 and p - 4096 h are exact and supported:
+    8- and 16-bit integers widened to int32, unsigned ones of 32 and 64 bits to xp's default integer
+    (int64; uint64 positions of 2**63 and more wrap, far beyond the strict range, where the
+    conformant bound exceeds any rotation's error)."""
+    name = dtype_name(positions.dtype)
+    if name in ("int32", "int64") or (name == "uint32" and _integer_bits(xp) == 32):
+        return positions
+    if xp.iinfo(positions.dtype).bits < 32:
+        return xp.astype(positions, xp.int32)
+    return xp.astype(positions, xp.__array_namespace_info__().default_dtypes()["integral"])
+
+
 def _position_chunks(xp: Any, positions: Any) -> tuple[Any, Any, Any | None, Any | None]:
     """Split positions p = 4096 hi + mid + fa + fb, each piece cast exactly to float32:
     hi and mid are integers below 4096 in magnitude (for |p| < 2**24), fa a multiple of 2**-12
     below 1, fb below 2**-12. Real positions are split toward zero (trunc), so every piece keeps
     p's sign and each subtraction is exact; floor would round for negative non-integers.
-    Integer positions have no fa, fb."""
+    Integer positions have no fa, fb. A real hi is taken modulo 2**24, exactly, so that it stays
+    finite in float32 (positions beyond 2**36, where SPEC.md's conformant bound exceeds any
+    rotation's error)."""
     f32 = xp.float32
     if is_integer_dtype(dtype_name(positions.dtype)):
+        positions = _wide_integers(xp, positions)
         hi = positions // (1 << CHUNK_BITS)
         mid = positions - hi * (1 << CHUNK_BITS)
         return xp.astype(hi, f32), xp.astype(mid, f32), None, None
@@ -134,6 +152,7 @@ def _position_chunks(xp: Any, positions: Any) -> tuple[Any, Any, Any | None, Any
     frac = rest - mid
     fa = xp.trunc(frac * _CHUNK) / _CHUNK
     fb = frac - fa
+    hi = xp.where(xp.abs(hi) < 2.0**24, hi, hi - xp.trunc(hi / 2.0**24) * 2.0**24)
     return xp.astype(hi, f32), xp.astype(mid, f32), xp.astype(fa, f32), xp.astype(fb, f32)
 
 
@@ -188,9 +207,11 @@ def float64_tables(
     return RopeTables(xp.cos(angle), xp.sin(angle))
 
 
-def build_tables(xp, positions, head_dim, max_wavelength, pairs, scale_factor, dtype_name_: str) -> RopeTables:
-    build = exact_tables if dtype_name_ == "float32" else float64_tables
-    return quietly(xp, build, xp, positions, head_dim, max_wavelength, pairs, scale_factor)
+def build_tables(xp: Any, positions: Any, spec: TableSpec) -> RopeTables:
+    """The tables of spec (its dtype: float32 by exact_tables, float64 by float64_tables)."""
+    build = exact_tables if spec.dtype == "float32" else float64_tables
+    ladder = (spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    return quietly(xp, build, xp, positions, *ladder)
 
 
 def quietly(xp: Any, fn: Any, *args: Any) -> Any:
@@ -247,7 +268,49 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# argument checks of the public functions
+# rotation in blocks (mutable arrays): temporaries bounded by the block, whatever the input size
+
+BLOCK_BYTES = 1 << 21  # bytes of one rotated lane, in the computation dtype, per block
+
+
+def token_view(xp: Any, array: Any, rank: int, seq_axis: int, trailing: int) -> Any:
+    """positions (trailing=0) or a table (trailing=1) laid out against the inputs' axes (token_shape)."""
+    return xp.reshape(array, token_shape(tuple(array.shape), rank, seq_axis, trailing))
+
+
+def rotate_into(
+    xp: Any, out: Any, x: Any, pairs: int, pairing: str, compute: Any, block_tables: Callable[[Any], Any]
+) -> None:
+    """out's 2R rotated lanes = those of x turned by the tables block_tables(index) gives for each
+    block index of the token axes (token_blocks), computed in dtype compute and rounded once to
+    out's; out may be x (in place). NoPE lanes are not touched."""
+    if pairs == 0:
+        return
+    first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
+    width = 8 if compute == xp.float64 else 4
+    for index in token_blocks((*x.shape[:-1], pairs), width, BLOCK_BYTES):
+        cos, sin = block_tables(index)
+        o1, o2 = rotate_pairs(
+            xp.astype(x[(*index, ..., first)], compute), xp.astype(x[(*index, ..., second)], compute), cos, sin
+        )
+        out[(*index, ..., first)] = xp.astype(o1, out.dtype)
+        out[(*index, ..., second)] = xp.astype(o2, out.dtype)
+
+
+def position_blocks(xp: Any, positions: Any, spec: TableSpec, rank: int, seq_axis: int) -> Callable[[Any], Any]:
+    """block_tables for rotate_into: the tables of each block built from its positions."""
+    tokens = token_view(xp, positions, rank, seq_axis, 0)
+    return lambda index: build_tables(xp, tokens[block_of(index, tuple(tokens.shape))], spec)
+
+
+def table_blocks(xp: Any, tables: RopeTables, rank: int, seq_axis: int) -> Callable[[Any], Any]:
+    """block_tables for rotate_into: each block's part of precomputed tables."""
+    cos, sin = (token_view(xp, t, rank, seq_axis, 1) for t in tables)
+    return lambda index: (cos[block_of(index, tuple(cos.shape))], sin[block_of(index, tuple(sin.shape))])
+
+
+# ---------------------------------------------------------------------------------------------
+# memoized checks
 
 
 def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lambda: False) -> Callable[..., Any]:
@@ -267,61 +330,3 @@ def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lam
             return checks(*args)
 
     return call
-
-
-def check_apply_tables(
-    inputs: Any, tables: Any, pairing: str, seq_axis: int, argument: str = "inputs"
-) -> tuple[str, int]:
-    """Validate apply_p_rope_tables' arguments (SPEC.md, "Errors"); returns (pairing, seq_axis)."""
-    if not isinstance(tables, tuple) or len(tables) != 2:
-        raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
-    check_array(None, inputs, argument)
-    cos, sin = tables
-    return _checked_table_layout(
-        inputs.shape, inputs.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis, argument
-    )
-
-
-def table_layout_checks(
-    shape: Any, dtype: Any, cos_shape: Any, cos_dtype: Any, sin_shape: Any, pairing: Any, seq_axis: Any, argument: str
-) -> tuple[str, int]:
-    """check_apply_tables after the type checks, on everything the remaining checks read."""
-    head_dim = shape[-1] if len(shape) else 0
-    inputs_dtype = check_input_dtype(dtype_name(dtype), argument)
-    check_input_shape(tuple(shape), head_dim, argument)
-    pairing = check_pairing(pairing)
-    seq_axis = check_seq_axis(seq_axis)
-    check_tables(tuple(cos_shape), tuple(sin_shape), head_dim)
-    check_tables_dtype(dtype_name(cos_dtype), inputs_dtype)
-    check_positions_shape(tuple(cos_shape[:-1]), tuple(shape), seq_axis, "tables")
-    return pairing, seq_axis
-
-
-_checked_table_layout = memoized_checks(table_layout_checks)
-
-
-def prepare(
-    inputs: Any,
-    positions: object,
-    head_dim: object,
-    max_wavelength: object,
-    rope_percentage: object,
-    rotated_pairs: object,
-    scale_factor: object,
-    pairing: object,
-    seq_axis: object,
-    argument: str = "inputs",
-) -> tuple[Any, Any, tuple[int, float, int, float], str, int, str]:
-    """Every check of apply_p_rope, in SPEC.md's order, before any work.
-
-    Returns (xp, positions array, (H, w, R, scale), pairing, seq_axis, compute dtype name).
-    """
-    head_dim_ = check_head_dim(head_dim)
-    inputs_dtype = check_inputs(inputs, head_dim_, argument)
-    params = resolve(head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    pairing_ = check_pairing(pairing)
-    seq_axis_ = check_seq_axis(seq_axis)
-    xp = array_api_compat.array_namespace(inputs)
-    positions_ = as_positions(xp, positions, inputs)
-    check_positions_shape(tuple(positions_.shape), tuple(inputs.shape), seq_axis_)
-    return xp, positions_, params, pairing_, seq_axis_, compute_dtype_name(inputs_dtype)

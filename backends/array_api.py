@@ -11,26 +11,31 @@ from typing import Any
 
 import array_api_compat
 from p_rope._params import (  # vendor: inline
+    ArrayMeta,
+    CallParams,
     RopeTables,
-    check_same_batch,
+    check_apply_tables,
+    check_call,
+    check_no_overlap,
+    check_positions,
+    check_qk_call,
+    check_table_request,
+    check_tables_type,
+    check_writable,
     frequency_values,
     rotated_pair_count,
 )
 from p_rope.backends._core import (  # vendor: inline
+    array_meta,
     as_positions,
     build_tables,
-    check_apply_tables,
-    check_array,
-    check_inputs,
-    compute_dtype_name,
-    dtype_name,
-    expand_table,
-    prepare,
+    element_strides,
+    position_blocks,
+    positions_meta,
     quietly,
-    resolve,
     rotate,
-    rotate_pairs,
-    rotated_lane_slices,
+    rotate_into,
+    table_blocks,
     table_dtype_name,
 )
 
@@ -58,11 +63,12 @@ def frequencies(
     device: Any = None,
 ) -> Any:
     """The [H/2] frequency vector; see SPEC.md "API". ``xp`` picks the array library (default NumPy)."""
-    head_dim, w, pairs, scale = resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    spec = check_table_request(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, "float32")
+    name = table_dtype_name(dtype)
     if xp is None:
         import array_api_compat.numpy as xp
-    name = table_dtype_name(dtype)
-    return xp.asarray(frequency_values(head_dim, w, pairs, scale), dtype=getattr(xp, name), device=device)
+    values = frequency_values(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    return xp.asarray(values, dtype=getattr(xp, name), device=device)
 
 
 def p_rope_tables(
@@ -76,18 +82,45 @@ def p_rope_tables(
     dtype: Any = None,
 ) -> RopeTables:
     """cos/sin tables [..., L, R] on positions' device; see SPEC.md "API"."""
-    check_array(None, positions, "positions")
+    meta = check_positions(array_meta(positions))
+    spec = check_table_request(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, "float32")
+    spec = spec._replace(dtype=table_dtype_name(dtype))
     xp = array_api_compat.array_namespace(positions)
-    positions = as_positions(xp, positions, positions)
-    head_dim, w, pairs, scale = resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    return build_tables(xp, positions, head_dim, w, pairs, scale, table_dtype_name(dtype))
+    return build_tables(xp, as_positions(xp, positions, meta, positions), spec)
 
 
 def apply_p_rope_tables(inputs: Any, tables: RopeTables, *, pairing: str = "split_half", seq_axis: int = -3) -> Any:
     """Rotate inputs by precomputed tables; see SPEC.md "API"."""
-    pairing, seq_axis = check_apply_tables(inputs, tables, pairing, seq_axis)
+    check_tables_type(tables)
+    cos, sin = tables
+    layout = check_apply_tables(array_meta(inputs), array_meta(cos), array_meta(sin), pairing, seq_axis)
     xp = array_api_compat.array_namespace(inputs)
-    return quietly(xp, rotate, xp, inputs, RopeTables(*tables), pairing, seq_axis)
+    if not array_api_compat.is_writeable_array(inputs):  # JAX: the rotation as one expression
+        return quietly(xp, rotate, xp, inputs, RopeTables(cos, sin), layout.pairing, layout.seq_axis)
+    out = xp.asarray(inputs, copy=True)
+    blocks = table_blocks(xp, RopeTables(cos, sin), inputs.ndim, layout.seq_axis)
+    quietly(xp, rotate_into, xp, out, inputs, layout.pairs, layout.pairing, getattr(xp, layout.dtype), blocks)
+    return out
+
+
+def _rotate_at(xp: Any, out: Any, x: Any, positions: Any, params: CallParams) -> Any:
+    """out (x itself, or a new array when None) with x's rotated lanes turned at positions: in
+    blocks into a mutable array, as one expression for an immutable one (JAX)."""
+    spec = params.spec
+    if out is None and not array_api_compat.is_writeable_array(x):
+        tables = build_tables(xp, positions, spec)
+        return quietly(xp, rotate, xp, x, tables, params.pairing, params.seq_axis)
+    out = xp.asarray(x, copy=True) if out is None else out
+    blocks = position_blocks(xp, positions, spec, x.ndim, params.seq_axis)
+    quietly(xp, rotate_into, xp, out, x, spec.pairs, params.pairing, getattr(xp, spec.dtype), blocks)
+    return out
+
+
+def _metadata(inputs: Any, positions: Any) -> tuple[Any, Any, Any]:
+    """(xp, the inputs' metadata, the positions' metadata) for the checks of p_rope._params."""
+    meta = array_meta(inputs)
+    xp = array_api_compat.array_namespace(inputs) if isinstance(meta, ArrayMeta) else None
+    return xp, meta, positions_meta(xp, positions)
 
 
 def apply_p_rope(
@@ -103,11 +136,11 @@ def apply_p_rope(
     seq_axis: int = -3,
 ) -> Any:
     """p-RoPE of inputs [B..., L, N, H] at positions [B..., L]; see SPEC.md "API"."""
-    xp, positions, params, pairing, seq_axis, compute = prepare(
-        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    xp, meta, positions_ = _metadata(inputs, positions)
+    params = check_call(
+        meta, positions_, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
-    tables = build_tables(xp, positions, *params, compute)
-    return quietly(xp, rotate, xp, inputs, tables, pairing, seq_axis)
+    return _rotate_at(xp, None, inputs, as_positions(xp, positions, positions_, inputs), params)
 
 
 def apply_p_rope_(
@@ -123,29 +156,15 @@ def apply_p_rope_(
     seq_axis: int = -3,
 ) -> Any:
     """In-place apply_p_rope (mutable array libraries only); see SPEC.md "API"."""
-    xp, positions, params, pairing, seq_axis, compute = prepare(
-        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    xp, meta, positions_ = _metadata(inputs, positions)
+    params = check_call(
+        meta, positions_, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
     if array_api_compat.is_jax_array(inputs):
         raise TypeError("apply_p_rope_ writes into inputs, and JAX arrays are immutable; use apply_p_rope")
-    if getattr(getattr(inputs, "flags", None), "writeable", True) is False:  # a read-only NumPy array
-        raise ValueError("inputs is read-only; apply_p_rope_ writes into it")
-    tables = build_tables(xp, positions, *params, compute)
-    pairs = params[2]
-    if pairs:
-        first, second = rotated_lane_slices(inputs.shape[-1], pairs, pairing)
-        cos, sin = expand_table(xp, tables.cos, seq_axis), expand_table(xp, tables.sin, seq_axis)
-        o1, o2 = quietly(
-            xp,
-            rotate_pairs,
-            xp.astype(inputs[..., first], cos.dtype),
-            xp.astype(inputs[..., second], cos.dtype),
-            cos,
-            sin,
-        )
-        inputs[..., first] = xp.astype(o1, inputs.dtype)
-        inputs[..., second] = xp.astype(o2, inputs.dtype)
-    return inputs
+    check_writable(getattr(getattr(inputs, "flags", None), "writeable", True) is not False)
+    check_no_overlap(tuple(inputs.shape), element_strides(inputs))
+    return _rotate_at(xp, inputs, inputs, as_positions(xp, positions, positions_, inputs), params)
 
 
 def apply_p_rope_qk(
@@ -161,13 +180,19 @@ def apply_p_rope_qk(
     pairing: str = "split_half",
     seq_axis: int = -3,
 ) -> tuple[Any, Any]:
-    """apply_p_rope of q and k sharing one table build; see SPEC.md "API"."""
-    xp, positions, params, pairing, seq_axis, compute = prepare(
-        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    """apply_p_rope of q and k at the same positions; see SPEC.md "API"."""
+    xp, meta, positions_ = _metadata(q, positions)
+    params = check_qk_call(
+        meta,
+        array_meta(k),
+        positions_,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        pairing,
+        seq_axis,
     )
-    check_inputs(k, params[0], "k")
-    check_same_batch(tuple(q.shape), tuple(k.shape), seq_axis)
-    if compute_dtype_name(dtype_name(k.dtype)) != compute:
-        compute = "float64"
-    tables = build_tables(xp, positions, *params, compute)
-    return quietly(xp, rotate, xp, q, tables, pairing, seq_axis), quietly(xp, rotate, xp, k, tables, pairing, seq_axis)
+    positions = as_positions(xp, positions, positions_, q)
+    return _rotate_at(xp, None, q, positions, params), _rotate_at(xp, None, k, positions, params)

@@ -43,27 +43,30 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from p_rope._params import (  # vendor: inline
+    ArrayMeta,
+    BadPositions,
+    CallParams,
+    NotAnArray,
     RopeTables,
-    check_head_dim,
-    check_pairing,
-    check_positions_dtype,
-    check_positions_shape,
-    check_same_batch,
-    check_seq_axis,
+    TableSpec,
+    check_apply_tables,
+    check_call,
+    check_positions,
+    check_qk_call,
+    check_table_request,
+    check_tables_type,
+    check_x64_dtype,
+    check_x64_positions,
     frequency_values,
+    is_integer_dtype,
+    python_positions,
     revolution_chunks,
     rotated_pair_count,
 )
 from p_rope.backends._core import (  # vendor: inline
-    check_apply_tables,
-    check_array,
-    check_inputs,
-    compute_dtype_name,
     dtype_name,
     expand_table,
     float64_tables,
-    is_integer_dtype,
-    resolve,
     table_dtype_name,
 )
 
@@ -77,9 +80,6 @@ __all__ = [
     "rotated_pair_count",
 ]
 
-# (head_dim, max_wavelength, R, scale_factor, table dtype name): the static description of a table.
-_TableSpec = tuple[int, float, int, float, str]
-
 
 # ---------------------------------------------------------------------------------------------
 # argument handling (every check of SPEC.md "Errors" runs here, in Python, before any work;
@@ -90,33 +90,49 @@ def _x64_enabled() -> bool:
     return bool(jax.config.read("jax_enable_x64"))
 
 
-def _require_x64(name: str, argument: str) -> None:
-    if name == "float64" and not _x64_enabled():
-        raise TypeError(f"{argument} is float64, which JAX holds only with jax_enable_x64 on; got dtype {name}")
+def _is_array(value: object) -> bool:
+    return isinstance(value, jax.Array) or (hasattr(value, "shape") and hasattr(value, "dtype"))
 
 
-def _jax_inputs(value: Any, head_dim: int, argument: str) -> tuple[jax.Array, str]:
-    """inputs checked (type, dtype, shape) and as a jax.Array of the same dtype."""
-    name = check_inputs(value, head_dim, argument)
-    if not isinstance(value, jax.Array):
-        _require_x64(name, argument)
-        value = jnp.asarray(value)
-    return value, name
+def _meta(value: Any) -> ArrayMeta | NotAnArray:
+    """The metadata the checks read: dtype name, shape, and the devices of a concrete jax.Array."""
+    if not _is_array(value):
+        return NotAnArray(type(value).__name__)
+    concrete = isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+    devices = frozenset(value.devices()) if concrete else None
+    return ArrayMeta(dtype_name(value.dtype), tuple(value.shape), devices)
 
 
-def _jax_positions(positions: object, like: jax.Array | None) -> jax.Array:
-    """positions with their dtype checked (SPEC.md, "Positions"), as a jax.Array on the devices of
-    like. Non-JAX positions follow JAX's conversion rules (int64 -> int32, float64 -> float32 when
-    jax_enable_x64 is off)."""
-    name = dtype_name(positions.dtype) if isinstance(positions, jax.Array) else np.asarray(positions).dtype.name
-    if name == "bool" or not (is_integer_dtype(name) or name.startswith(("float", "bfloat"))):
-        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
-    check_positions_dtype(name, is_integer_dtype(name))
-    if not isinstance(positions, jax.Array):
-        return jnp.asarray(positions)
-    if like is None or isinstance(positions, jax.core.Tracer) or isinstance(like, jax.core.Tracer):
-        return positions
-    return _same_devices(positions, like)
+def _positions_meta(positions: object) -> ArrayMeta | BadPositions:
+    if isinstance(positions, jax.Array):
+        return ArrayMeta(dtype_name(positions.dtype), tuple(positions.shape))
+    if _is_array(positions):
+        array = np.asarray(positions)
+        return ArrayMeta(array.dtype.name, array.shape)
+    return python_positions(positions)
+
+
+def _jax_array(value: Any, argument: str) -> jax.Array:
+    """A checked array argument as a jax.Array (float64 data refused while jax_enable_x64 is off)."""
+    if isinstance(value, jax.Array):
+        return value
+    check_x64_dtype(dtype_name(value.dtype), argument, _x64_enabled())
+    return jnp.asarray(value)
+
+
+def _jax_positions(positions: object, meta: ArrayMeta, like: jax.Array | None) -> jax.Array:
+    """Checked positions as a jax.Array on the devices of like. Non-JAX positions follow JAX's
+    conversion rules (float64 -> float32 when jax_enable_x64 is off), except that 64-bit integers
+    beyond 32 bits are refused then, never wrapped."""
+    if isinstance(positions, jax.Array):
+        if like is None or isinstance(positions, jax.core.Tracer) or isinstance(like, jax.core.Tracer):
+            return positions
+        return _same_devices(positions, like)
+    array = np.asarray(positions, dtype=None if _is_array(positions) else meta.dtype)
+    if is_integer_dtype(meta.dtype) and array.dtype.itemsize == 8 and not _x64_enabled() and array.size:
+        narrow = "uint32" if meta.dtype.startswith("u") else "int32"
+        check_x64_positions(int(array.min()), int(array.max()), meta.dtype, narrow)
+    return jnp.asarray(array)
 
 
 def _same_devices(array: jax.Array, like: jax.Array) -> jax.Array:
@@ -131,26 +147,9 @@ def _same_devices(array: jax.Array, like: jax.Array) -> jax.Array:
     return array  # jit reports devices it cannot reconcile
 
 
-def _table_spec(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, table_dtype) -> _TableSpec:
-    head_dim, w, pairs, scale = resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    _require_x64(table_dtype, "the table dtype")
-    return head_dim, w, pairs, scale, table_dtype
-
-
-def _prepare_apply(
-    inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, arg
-) -> tuple[jax.Array, jax.Array, _TableSpec, str, int]:
-    """The checks of apply_p_rope in the order of the array API backend (_core.prepare)."""
-    head_dim_ = check_head_dim(head_dim)
-    inputs_, inputs_dtype = _jax_inputs(inputs, head_dim_, arg)
-    spec = _table_spec(
-        head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor, compute_dtype_name(inputs_dtype)
-    )
-    pairing_ = check_pairing(pairing)
-    seq_axis_ = check_seq_axis(seq_axis)
-    positions_ = _jax_positions(positions, inputs_)
-    check_positions_shape(tuple(positions_.shape), tuple(inputs_.shape), seq_axis_)
-    return inputs_, positions_, spec, pairing_, seq_axis_
+def _checked_spec(spec: TableSpec) -> TableSpec:
+    check_x64_dtype(spec.dtype, "the table dtype", _x64_enabled())
+    return spec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,11 +288,11 @@ def _fixed_point_tables(positions: jax.Array, head_dim: int, max_wavelength: flo
     return RopeTables(cos, sin)
 
 
-def _build_tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
-    head_dim, w, pairs, scale, dtype = spec
-    if dtype == "float64":
-        return float64_tables(jnp, positions, head_dim, w, pairs, scale)
-    return _fixed_point_tables(positions, head_dim, w, pairs, scale)
+def _build_tables(positions: jax.Array, spec: TableSpec) -> RopeTables:
+    ladder = (spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    if spec.dtype == "float64":
+        return float64_tables(jnp, positions, *ladder)
+    return _fixed_point_tables(positions, *ladder)
 
 
 def _own_fusion_on_cpu(fn: Any, witness: jax.Array, *args: Any) -> Any:
@@ -317,20 +316,20 @@ def _own_fusion_on_cpu(fn: Any, witness: jax.Array, *args: Any) -> Any:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
+def _tables(positions: jax.Array, spec: TableSpec) -> RopeTables:
     """The [..., L, R] tables, built once per call (on CPU in their own fusion: _own_fusion_on_cpu)."""
     return _own_fusion_on_cpu(functools.partial(_build_tables, spec=spec), positions, positions)
 
 
 @_tables.defjvp
-def _tables_jvp(spec: _TableSpec, primals: tuple, tangents: tuple) -> tuple[RopeTables, RopeTables]:
+def _tables_jvp(spec: TableSpec, primals: tuple, tangents: tuple) -> tuple[RopeTables, RopeTables]:
     """d cos = -sin * freq * dp, d sin = cos * freq * dp: the exact derivative in float positions."""
     (positions,), (dp,) = primals, tangents
     tables = _tables(positions, spec)
-    head_dim, w, pairs, scale, _ = spec
     if is_integer_dtype(dtype_name(positions.dtype)):
         return tables, RopeTables(jnp.zeros_like(tables.cos), jnp.zeros_like(tables.sin))
-    freq = jnp.asarray(frequency_values(head_dim, w, pairs, scale)[:pairs], dtype=tables.cos.dtype)
+    values = frequency_values(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    freq = jnp.asarray(values[: spec.pairs], dtype=tables.cos.dtype)
     d_angle = dp.astype(tables.cos.dtype)[..., None] * freq
     return tables, RopeTables(-tables.sin * d_angle, tables.cos * d_angle)
 
@@ -461,7 +460,7 @@ _rotate.defvjp(_rotate_fwd, _rotate_bwd, symbolic_zeros=True)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _tables_jit(positions: jax.Array, spec: _TableSpec) -> RopeTables:
+def _tables_jit(positions: jax.Array, spec: TableSpec) -> RopeTables:
     return _tables(positions, spec)
 
 
@@ -471,14 +470,14 @@ def _apply_tables_jit(inputs: jax.Array, cos: jax.Array, sin: jax.Array, pairing
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pairing", "seq_axis"))
-def _apply_jit(inputs: jax.Array, positions: jax.Array, spec: _TableSpec, pairing: str, seq_axis: int) -> jax.Array:
+def _apply_jit(inputs: jax.Array, positions: jax.Array, spec: TableSpec, pairing: str, seq_axis: int) -> jax.Array:
     cos, sin = _tables(positions, spec)
     return _rotate(inputs, cos, sin, pairing, seq_axis)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pairing", "seq_axis"))
 def _apply_qk_jit(
-    q: jax.Array, k: jax.Array, positions: jax.Array, spec: _TableSpec, pairing: str, seq_axis: int
+    q: jax.Array, k: jax.Array, positions: jax.Array, spec: TableSpec, pairing: str, seq_axis: int
 ) -> tuple[jax.Array, jax.Array]:
     cos, sin = _tables(positions, spec)
     return _rotate(q, cos, sin, pairing, seq_axis), _rotate(k, cos, sin, pairing, seq_axis)
@@ -498,10 +497,11 @@ def frequencies(
     dtype: Any = None,
 ) -> jax.Array:
     """The [H/2] angular frequencies, 0 for NoPE pairs (float32 unless dtype says float64)."""
-    head_dim, w, pairs, scale = resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    spec = check_table_request(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, "float32")
     name = table_dtype_name(dtype)
-    _require_x64(name, "dtype")
-    return jnp.asarray(frequency_values(head_dim, w, pairs, scale), dtype=name)
+    check_x64_dtype(name, "dtype", _x64_enabled())
+    values = frequency_values(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    return jnp.asarray(values, dtype=name)
 
 
 def p_rope_tables(
@@ -516,24 +516,24 @@ def p_rope_tables(
 ) -> RopeTables:
     """cos/sin tables of shape positions.shape + (R,), float32 (exact reduction) unless dtype is
     float64; reusable for q and k and across layers (apply_p_rope_tables)."""
-    check_array(None, positions, "positions")
-    positions_ = _jax_positions(positions, None)
-    spec = _table_spec(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, table_dtype_name(dtype))
-    return _tables_jit(positions_, spec)
+    meta = check_positions(_positions_meta(positions) if _is_array(positions) else NotAnArray(type(positions).__name__))
+    spec = check_table_request(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, "float32")
+    spec = _checked_spec(spec._replace(dtype=table_dtype_name(dtype)))
+    return _tables_jit(_jax_positions(positions, meta, None), spec)
 
 
 def apply_p_rope_tables(
     inputs: Any, tables: RopeTables, *, pairing: str = "split_half", seq_axis: int = -3
 ) -> jax.Array:
     """Rotate inputs [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2) by precomputed tables."""
-    pairing, seq_axis = check_apply_tables(inputs, tables, pairing, seq_axis)
-    if not isinstance(inputs, jax.Array):
-        _require_x64(dtype_name(inputs.dtype), "inputs")
-        inputs = jnp.asarray(inputs)
-    cos, sin = (t if isinstance(t, jax.Array) else jnp.asarray(t) for t in tables)
+    check_tables_type(tables)
+    cos, sin = (t if _is_array(t) else np.asarray(t) for t in tables)
+    layout = check_apply_tables(_meta(inputs), _meta(cos), _meta(sin), pairing, seq_axis)
+    inputs = _jax_array(inputs, "inputs")
+    cos, sin = (t if isinstance(t, jax.Array) else jnp.asarray(t) for t in (cos, sin))
     if not isinstance(inputs, jax.core.Tracer):
         cos, sin = (t if isinstance(t, jax.core.Tracer) else _same_devices(t, inputs) for t in (cos, sin))
-    return _apply_tables_jit(inputs, cos, sin, pairing, seq_axis)
+    return _apply_tables_jit(inputs, cos, sin, layout.pairing, layout.seq_axis)
 
 
 def apply_p_rope(
@@ -550,19 +550,14 @@ def apply_p_rope(
 ) -> jax.Array:
     """p-RoPE of inputs [B..., L, N, H] (seq_axis=-3) or [B..., N, L, H] (seq_axis=-2) at positions
     broadcastable to [B..., L]; a new array of the input's dtype, shape and sharding."""
-    inputs_, positions_, spec, pairing_, seq_axis_ = _prepare_apply(
-        inputs,
-        positions,
-        head_dim,
-        max_wavelength,
-        rope_percentage,
-        rotated_pairs,
-        scale_factor,
-        pairing,
-        seq_axis,
-        "inputs",
+    meta = _positions_meta(positions)
+    params = check_call(
+        _meta(inputs), meta, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
-    return _apply_jit(inputs_, positions_, spec, pairing_, seq_axis_)
+    inputs_ = _jax_array(inputs, "inputs")
+    spec = _checked_spec(params.spec)
+    positions_ = _jax_positions(positions, meta, inputs_)  # type: ignore[arg-type]
+    return _apply_jit(inputs_, positions_, spec, params.pairing, params.seq_axis)
 
 
 def apply_p_rope_qk(
@@ -579,11 +574,20 @@ def apply_p_rope_qk(
     seq_axis: int = -3,
 ) -> tuple[jax.Array, jax.Array]:
     """apply_p_rope of q and of k (heads may differ; batch axes and L may not), one table build."""
-    q_, positions_, spec, pairing_, seq_axis_ = _prepare_apply(
-        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    meta = _positions_meta(positions)
+    params: CallParams = check_qk_call(
+        _meta(q),
+        _meta(k),
+        meta,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        pairing,
+        seq_axis,
     )
-    k_, k_dtype = _jax_inputs(k, spec[0], "k")
-    check_same_batch(tuple(q_.shape), tuple(k_.shape), seq_axis_)
-    if compute_dtype_name(k_dtype) == "float64":
-        spec = (*spec[:4], "float64")
-    return _apply_qk_jit(q_, k_, positions_, spec, pairing_, seq_axis_)
+    q_, k_ = _jax_array(q, "q"), _jax_array(k, "k")
+    spec = _checked_spec(params.spec)
+    positions_ = _jax_positions(positions, meta, q_)  # type: ignore[arg-type]
+    return _apply_qk_jit(q_, k_, positions_, spec, params.pairing, params.seq_axis)

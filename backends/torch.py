@@ -60,25 +60,27 @@ import mmap
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat.torch
 import torch
 from p_rope._params import (  # vendor: inline
-    POSITION_FLOAT_DTYPES,
+    ArrayMeta,
+    BadPositions,
+    Layout,
+    NotAnArray,
     RopeTables,
-    check_head_dim,
-    check_input_dtype,
-    check_input_shape,
-    check_max_wavelength,
-    check_pairing,
-    check_positions_dtype,
-    check_positions_shape,
-    check_same_batch,
-    check_scale_factor,
-    check_seq_axis,
+    TableSpec,
+    check_apply_tables,
+    check_call,
+    check_no_overlap,
+    check_positions,
+    check_qk_call,
+    check_table_dtype,
+    check_table_request,
+    check_tables_type,
     frequency_values,
-    resolve_rotated_pairs,
+    python_positions,
     revolution_chunks,
     rotated_pair_count,
 )
@@ -87,7 +89,6 @@ from p_rope.backends._core import (  # vendor: inline
     rotate,
     rotate_pairs,
     rotated_lane_slices,
-    table_layout_checks,
 )
 
 __all__ = [
@@ -102,28 +103,33 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------
-# dtypes and argument checks (messages from p_rope._params, identical in every implementation)
+# metadata for the checks of p_rope._params (memoized per argument layout in eager mode, where the
+# checks cost more than a small rotation; traced as they are under torch.compile)
 
-_TORCH_DTYPE_NAMES = {
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.float32: "float32",
-    torch.float64: "float64",
+_DTYPE_NAMES = {
+    dtype: str(dtype).removeprefix("torch.")
+    for dtype in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.uint8,
+        torch.uint16,
+        torch.uint32,
+        torch.uint64,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.complex64,
+        torch.complex128,
+    )
 }
-_TORCH_INTEGER_DTYPES = (
-    torch.uint8,
-    torch.uint16,
-    torch.uint32,
-    torch.uint64,
-    torch.int8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-)
 
 
 def _torch_dtype_name(dtype: torch.dtype) -> str:
-    name = _TORCH_DTYPE_NAMES.get(dtype)
+    name = _DTYPE_NAMES.get(dtype)
     return name if name is not None else str(dtype).removeprefix("torch.")
 
 
@@ -131,85 +137,62 @@ def _is_array(value: object) -> bool:
     return isinstance(value, torch.Tensor) or (hasattr(value, "shape") and hasattr(value, "dtype"))
 
 
-def _check_tensor(value: object, argument: str) -> torch.Tensor:
-    """value itself if a tensor; SPEC.md's "not an array" error otherwise (naming torch.Tensor when
-    value is an array of another library)."""
+def _meta(value: object, device: bool = False) -> ArrayMeta | NotAnArray:
+    """A tensor's dtype name and shape (and device, where asked); SPEC.md's "not an array" otherwise,
+    naming torch.Tensor when value is an array of another library."""
     if isinstance(value, torch.Tensor):
-        return value
-    expected = "a torch.Tensor" if _is_array(value) else "an array"
-    raise TypeError(f"{argument} must be {expected}; got {type(value).__name__}")
+        return ArrayMeta(_torch_dtype_name(value.dtype), value.shape, value.device if device else None)
+    return NotAnArray(type(value).__name__, "a torch.Tensor" if _is_array(value) else "an array")
 
 
-def _check_torch_inputs(value: object, head_dim: int, argument: str = "inputs") -> torch.Tensor:
-    tensor = _check_tensor(value, argument)
-    check_input_dtype(_torch_dtype_name(tensor.dtype), argument)
-    check_input_shape(tuple(tensor.shape), head_dim, argument)
-    return tensor
+def _positions_meta(positions: object) -> ArrayMeta | BadPositions:
+    if isinstance(positions, torch.Tensor):
+        return ArrayMeta(_torch_dtype_name(positions.dtype), positions.shape)
+    if _is_array(positions):  # another library's array
+        dtype = positions.dtype  # type: ignore[attr-defined]
+        return ArrayMeta(str(getattr(dtype, "name", dtype)), tuple(positions.shape))  # type: ignore[attr-defined]
+    return python_positions(positions)
 
 
-def _checked_params(
-    head_dim: object, max_wavelength: object, rope_percentage: object, rotated_pairs: object, scale_factor: object
-) -> tuple[int, float, int, float]:
-    """Checked (H, w, R, scale), in the reference's order."""
-    head_dim_ = check_head_dim(head_dim)
-    pairs = resolve_rotated_pairs(head_dim_, rope_percentage, rotated_pairs)
-    return head_dim_, check_max_wavelength(max_wavelength), pairs, check_scale_factor(scale_factor)
-
-
-# memoized per value and type of every argument in eager mode (the checks cost more than a small
-# rotation); traced as they are under torch.compile
-_params = memoized_checks(_checked_params, bypass=torch.compiler.is_compiling)
-
-
-def _positions_on(positions: object, device: torch.device | None) -> torch.Tensor:
-    """positions as a tensor on device (None: where it is), with its dtype checked (SPEC.md §4).
-
-    A Python scalar or sequence becomes a tensor (floats as float64, the reference's precision,
-    except on MPS, which has no float64); another library's array keeps its dtype.
-    """
+def _positions_on(positions: object, meta: ArrayMeta, device: torch.device | None) -> torch.Tensor:
+    """Checked positions as a tensor on device (None: where it is). Python values take meta's dtype
+    (float64, the reference's precision, except on MPS, which has no float64); another library's
+    array keeps its dtype."""
     if not isinstance(positions, torch.Tensor):
-        tensor = torch.as_tensor(positions)
-        if tensor.is_floating_point() and not _is_array(positions):
-            wide = device is None or device.type != "mps"
-            tensor = torch.as_tensor(positions, dtype=torch.float64 if wide else torch.float32)
-        positions = tensor
-    dtype = positions.dtype
-    name = _torch_dtype_name(dtype)
-    is_integer = dtype in _TORCH_INTEGER_DTYPES
-    if not (is_integer or dtype.is_floating_point):
-        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
-    check_positions_dtype(name, is_integer)
+        if _is_array(positions):
+            positions = torch.as_tensor(positions)
+        else:
+            dtype = getattr(torch, meta.dtype)
+            if dtype == torch.float64 and device is not None and device.type == "mps":
+                dtype = torch.float32
+            positions = torch.as_tensor(positions, dtype=dtype)
     if device is not None and positions.device != device:
         positions = positions.to(device)
     return positions
 
 
-def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float64 if any input is float64, else float32."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
+_checked_call = memoized_checks(check_call, bypass=torch.compiler.is_compiling)
+_checked_qk_call = memoized_checks(check_qk_call, bypass=torch.compiler.is_compiling)
+_checked_request = memoized_checks(check_table_request, bypass=torch.compiler.is_compiling)
+_checked_overlap = memoized_checks(check_no_overlap, bypass=torch.compiler.is_compiling)
 
 
-def _prepare(
-    inputs: object,
-    positions: object,
-    head_dim: object,
-    max_wavelength: object,
-    rope_percentage: object,
-    rotated_pairs: object,
-    scale_factor: object,
-    pairing: object,
-    seq_axis: object,
-    argument: str = "inputs",
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, float, int, float], str, int]:
-    """Every check of apply_p_rope in SPEC.md's order, before any work."""
-    head_dim_ = check_head_dim(head_dim)
-    x = _check_torch_inputs(inputs, head_dim_, argument)
-    params = _params(head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    pairing_ = check_pairing(pairing)
-    seq_axis_ = check_seq_axis(seq_axis)
-    positions_ = _positions_on(positions, x.device)
-    check_positions_shape(tuple(positions_.shape), tuple(x.shape), seq_axis_)
-    return x, positions_, params, pairing_, seq_axis_
+def _table_checks(
+    shape: Any,
+    dtype: torch.dtype,
+    cos_shape: Any,
+    cos_dtype: Any,
+    sin_shape: Any,
+    sin_dtype: Any,
+    pairing: Any,
+    seq_axis: Any,
+) -> Layout:
+    names = (_torch_dtype_name(d) for d in (dtype, cos_dtype, sin_dtype))
+    inputs, cos, sin = (ArrayMeta(n, s) for n, s in zip(names, (shape, cos_shape, sin_shape), strict=True))
+    return check_apply_tables(inputs, cos, sin, pairing, seq_axis)
+
+
+_checked_tables = memoized_checks(_table_checks, bypass=torch.compiler.is_compiling)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,31 +213,39 @@ _FRACTION_BITS = 30  # real positions: fraction held on a 2**-30 grid (angle err
 
 
 @functools.lru_cache(maxsize=256)
-def _pair_constants_cached(
-    head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+def _pair_constants_cached(head_dim: int, max_wavelength: float, pairs: int, scale_factor: float) -> _PairConstants:
     chunks = revolution_chunks(head_dim, max_wavelength, pairs, scale_factor)
     high: list[int] = []
     low: list[int] = []
     revolutions: list[float] = []
     for i in range(pairs):
-        if chunks[0][i] != 0.0:  # r_i < 1/(2 pi) always: w**(-2i/H) <= 1 and scale >= 1
-            raise AssertionError("a pair turns more than once per unit position")
         fixed = sum(int(math.ldexp(row[i], _FIXED_BITS)) for row in chunks[1:])
         high.append(fixed >> _HALF_BITS)
         low.append(fixed & _HALF_MASK)
         revolutions.append(math.ldexp(float(fixed), -_FIXED_BITS))  # correctly rounded: int -> float
+    whole = tuple(chunks[0]) if any(chunks[0]) else None  # w < 1 only: a pair turns more than once
+    whole_mod = None if whole is None else tuple(int(w) & _HALF_MASK for w in whole)
     freq = tuple(frequency_values(head_dim, max_wavelength, pairs, scale_factor)[:pairs])
-    return tuple(high), tuple(low), tuple(revolutions), freq
+    return _PairConstants(tuple(high), tuple(low), tuple(revolutions), whole, whole_mod, freq)
+
+
+class _PairConstants(NamedTuple):
+    """Per-pair constants of the R rotated pairs: the revolutions per unit position r_i = W_i + F_i,
+    F_i as 60-bit fixed point F = high * 2**30 + low (to 2**-60) and as float64 numbers, the whole
+    turns W_i (float64, and modulo 2**30) where some W_i is not 0 (w < 1; None otherwise), and the
+    float64 angular frequencies."""
+
+    high: tuple[int, ...]
+    low: tuple[int, ...]
+    revolutions: tuple[float, ...]
+    whole: tuple[float, ...] | None
+    whole_mod: tuple[int, ...] | None
+    freq: tuple[float, ...]
 
 
 @torch.compiler.assume_constant_result
-def _pair_constants(
-    head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
-    """(high, low, revolutions, freq) of the R rotated pairs: revolutions per unit position as
-    60-bit fixed point F = high * 2**30 + low (to 2**-60) and as float64 numbers, and the float64
-    angular frequencies."""
+def _pair_constants(head_dim: int, max_wavelength: float, pairs: int, scale_factor: float) -> _PairConstants:
+    """_PairConstants of (H, w, R, s), computed once per parameter set."""
     return _pair_constants_cached(head_dim, max_wavelength, pairs, scale_factor)
 
 
@@ -282,7 +273,9 @@ def _turns_fixed(n: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torc
     return torch.add(n * low, wrapped, alpha=1 << _HALF_BITS)
 
 
-def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> RopeTables:
+def _exact_float32_tables(
+    positions: torch.Tensor, high: torch.Tensor, low: torch.Tensor, whole_mod: torch.Tensor | None
+) -> RopeTables:
     """float32 cos/sin of 2 pi frac(position * r_i), within 2.5 float32 units; see the module docstring.
 
     Both come from one sine: cos(2 pi t) = sin(2 pi (t + 1/4)). With v = (t + 1/4) mod 1 and
@@ -301,6 +294,8 @@ def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torc
         turns = _turns_fixed(whole[..., None], high, low)
         f = torch.round(fraction * float(1 << _FRACTION_BITS)).nan_to_num(0.0, 0.0, 0.0).to(torch.int64)[..., None]
         turns = turns + f * high + torch.bitwise_right_shift(f * low, _FRACTION_BITS)  # + f F / 2**30
+        if whole_mod is not None:  # + f W / 2**30 (w < 1), which depends on W mod 2**30 only
+            turns = turns + torch.bitwise_and(f * whole_mod, _HALF_MASK) * (1 << _HALF_BITS)
     else:
         turns = _turns_fixed(positions.to(torch.int64)[..., None], high, low)
     # [2, ..., R]: v = (t + 1/2) mod 1 (cos), (t + 1/4) mod 1 (sin); then d = v - 1/2
@@ -314,7 +309,16 @@ def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torc
     return RopeTables(values[0], values[1])
 
 
-def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> RopeTables:
+def _float64_turns(positions: torch.Tensor, revolutions: torch.Tensor, whole: torch.Tensor | None) -> torch.Tensor:
+    """frac(p F_i) (+ frac(frac(p) W_i) for real positions where some W_i is not 0: the whole
+    turns of n W_i drop out for an integer n), in float64; NaN for non-finite positions."""
+    turns = torch.mul(positions, revolutions).frac_()
+    if whole is not None and positions.dtype.is_floating_point:
+        turns += torch.mul(positions - positions.floor(), whole).frac_()
+    return turns
+
+
+def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor, whole: torch.Tensor | None) -> RopeTables:
     """float32 cos/sin of 2 pi frac(position * r_i) through float64 (the CPU route, where float64
     runs at full speed): the turns p r_i carry an error below 2**-30 turn for |p| <= 2**24, their
     fraction is exact, so the tables are within 0.6 float32 units. Five operations, in chunks of
@@ -324,13 +328,13 @@ def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> 
     flat = positions.reshape(-1, 1)
     rows = max(1, _TABLE_CHUNK_BYTES // (16 * max(1, pairs)))  # float64 angles [2, rows, R]: 16 bytes a pair
     if flat.shape[0] <= rows or torch.compiler.is_compiling():  # one chunk; a compiler fuses the expression
-        turns = torch.mul(flat, revolutions).frac_()  # exact; NaN for non-finite positions
+        turns = _float64_turns(flat, revolutions, whole)
         values = torch.sin_(torch.add(offsets, turns, alpha=2 * math.pi)).to(torch.float32)
         return RopeTables(*values.view(2, *positions.shape, pairs).unbind(0))
     out = torch.empty((2, *positions.shape, pairs), dtype=torch.float32, device=revolutions.device)
     flat_out = out.view(2, flat.shape[0], pairs)
     for start in range(0, flat.shape[0], rows):
-        turns = torch.mul(flat[start : start + rows], revolutions).frac_()
+        turns = _float64_turns(flat[start : start + rows], revolutions, whole)
         flat_out[:, start : start + rows].copy_(torch.add(offsets, turns, alpha=2 * math.pi).sin_())
     return RopeTables(out[0], out[1])
 
@@ -357,21 +361,24 @@ _NESTED.update({(v, d): _nested(v, d) for v in (_ANGLE_OFFSETS, _SINE_OFFSETS) f
 _FLOAT64_TABLE_DEVICES = ("cpu",)  # devices whose float32 tables go through float64 (fast there)
 
 
-def _tables(positions: torch.Tensor, params: tuple[int, float, int, float], dtype: torch.dtype) -> RopeTables:
-    """cos/sin tables positions.shape + (R,) of dtype, on positions' device.
+def _tables(positions: torch.Tensor, spec: TableSpec) -> RopeTables:
+    """cos/sin tables positions.shape + (R,) of spec.dtype, on positions' device.
 
     float32: the exact reduction modulo one turn, in float64 on the CPU and in int64/float32
     elsewhere (no float64: MPS has none, many GPUs run it slowly); float64: cos/sin of the float64
     angle position * freq, as the array-API core computes it.
     """
-    high, low, revolutions, freq = _pair_constants(*params)
+    constants = _pair_constants(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
     device = positions.device
-    if dtype == torch.float64:
-        angle = positions.to(torch.float64)[..., None] * _constant(freq, torch.float64, device)
+    if spec.dtype == "float64":
+        angle = positions.to(torch.float64)[..., None] * _constant(constants.freq, torch.float64, device)
         return RopeTables(torch.cos(angle), torch.sin(angle))
     if device.type in _FLOAT64_TABLE_DEVICES:
-        return _float64_turn_tables(positions, _constant(revolutions, torch.float64, device))
-    return _exact_float32_tables(positions, _constant(high, torch.int64, device), _constant(low, torch.int64, device))
+        whole = None if constants.whole is None else _constant(constants.whole, torch.float64, device)
+        return _float64_turn_tables(positions, _constant(constants.revolutions, torch.float64, device), whole)
+    whole_mod = None if constants.whole_mod is None else _constant(constants.whole_mod, torch.int64, device)
+    high, low = (_constant(c, torch.int64, device) for c in (constants.high, constants.low))
+    return _exact_float32_tables(positions, high, low, whole_mod)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -707,10 +714,10 @@ def frequencies(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The [H/2] angular frequencies (0 for NoPE pairs), float32 unless dtype=torch.float64."""
-    head_dim, w, pairs, scale = _params(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    spec = _checked_request(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, "float32")
     dtype_ = _table_dtype(dtype)
-    freq = _pair_constants(head_dim, w, pairs, scale)[3] + (0.0,) * (head_dim // 2 - pairs)
-    return torch.tensor(freq, dtype=dtype_, device=device)
+    freq = _pair_constants(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor).freq
+    return torch.tensor(freq + (0.0,) * (spec.head_dim // 2 - spec.pairs), dtype=dtype_, device=device)
 
 
 def _table_dtype(dtype: object) -> torch.dtype:
@@ -720,9 +727,7 @@ def _table_dtype(dtype: object) -> torch.dtype:
         name = _torch_dtype_name(dtype)
     else:  # "float64", numpy.float64, numpy.dtype("float64")
         name = str(getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or dtype)
-    if name not in POSITION_FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64; got {name}")
-    return torch.float64 if name == "float64" else torch.float32
+    return torch.float64 if check_table_dtype(name) == "float64" else torch.float32
 
 
 def p_rope_tables(
@@ -736,34 +741,29 @@ def p_rope_tables(
     dtype: torch.dtype | None = None,
 ) -> RopeTables:
     """cos/sin tables positions.shape + (R,) on positions' device; dtype None: float32 (exact)."""
-    if not _is_array(positions):
-        raise TypeError(f"positions must be an array; got {type(positions).__name__}")
-    positions_ = _positions_on(positions, None)
-    params = _params(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    return _tables(positions_, params, _table_dtype(dtype))
-
-
-_checked_table_call = memoized_checks(table_layout_checks, bypass=torch.compiler.is_compiling)
+    meta = _positions_meta(positions) if _is_array(positions) else NotAnArray(type(positions).__name__)
+    check_positions(meta)
+    table_dtype = _table_dtype(dtype)
+    spec = _checked_request(
+        head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, _torch_dtype_name(table_dtype)
+    )
+    return _tables(_positions_on(positions, meta, None), spec)  # type: ignore[arg-type]
 
 
 def apply_p_rope_tables(
     inputs: torch.Tensor, tables: RopeTables, *, pairing: str = "split_half", seq_axis: int = -3
 ) -> torch.Tensor:
     """Rotate inputs by precomputed tables (reusable for q and k and across layers)."""
-    if not isinstance(tables, tuple) or len(tables) != 2:
-        raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
-    x = _check_tensor(inputs, "inputs")
+    check_tables_type(tables)
+    if not isinstance(inputs, torch.Tensor):
+        check_apply_tables(_meta(inputs), ArrayMeta("", ()), ArrayMeta("", ()), pairing, seq_axis)
     cos, sin = tables
     if not isinstance(cos, torch.Tensor) or not isinstance(sin, torch.Tensor):
         cos, sin = (t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in tables)
-    pairing_, seq_axis_ = _checked_table_call(
-        x.shape, x.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis, "inputs"
-    )
-    if cos.dtype != sin.dtype:
-        sin = sin.to(cos.dtype)
-    if cos.device != x.device or sin.device != x.device:
-        cos, sin = cos.to(x.device), sin.to(x.device)
-    return _rotation(x, cos, sin, pairing_, seq_axis_)
+    layout = _checked_tables(inputs.shape, inputs.dtype, cos.shape, cos.dtype, sin.shape, sin.dtype, pairing, seq_axis)
+    if cos.device != inputs.device or sin.device != inputs.device:
+        cos, sin = cos.to(inputs.device), sin.to(inputs.device)
+    return _rotation(inputs, cos, sin, layout.pairing, layout.seq_axis)
 
 
 def apply_p_rope(
@@ -780,11 +780,12 @@ def apply_p_rope(
 ) -> torch.Tensor:
     """p-RoPE of inputs [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2) at positions
     [B..., L]: a new tensor of the input's dtype, shape and device."""
-    x, positions_, params, pairing_, seq_axis_ = _prepare(
-        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    meta = _positions_meta(positions)
+    params = _checked_call(
+        _meta(inputs), meta, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
-    tables = _tables(positions_, params, _compute_dtype(x.dtype))
-    return _apply_rotation(x, tables, pairing_, seq_axis_)
+    tables = _tables(_positions_on(positions, meta, inputs.device), params.spec)  # type: ignore[arg-type]
+    return _apply_rotation(inputs, tables, params.pairing, params.seq_axis)
 
 
 def apply_p_rope_(
@@ -800,11 +801,13 @@ def apply_p_rope_(
     seq_axis: int = -3,
 ) -> torch.Tensor:
     """In-place apply_p_rope: writes only the 2R rotated lanes of inputs and returns inputs."""
-    x, positions_, params, pairing_, seq_axis_ = _prepare(
-        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    meta = _positions_meta(positions)
+    params = _checked_call(
+        _meta(inputs), meta, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
-    tables = _tables(positions_, params, _compute_dtype(x.dtype))
-    return _apply_rotation_in_place(x, tables, pairing_, seq_axis_)
+    _checked_overlap(inputs.shape, inputs.stride())
+    tables = _tables(_positions_on(positions, meta, inputs.device), params.spec)  # type: ignore[arg-type]
+    return _apply_rotation_in_place(inputs, tables, params.pairing, params.seq_axis)
 
 
 def apply_p_rope_qk(
@@ -821,10 +824,20 @@ def apply_p_rope_qk(
     seq_axis: int = -3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """apply_p_rope of q and k (heads may differ; batch axes and L may not), one table build."""
-    q_, positions_, params, pairing_, seq_axis_ = _prepare(
-        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    meta = _positions_meta(positions)
+    params = _checked_qk_call(
+        _meta(q, device=True),
+        _meta(k, device=True),
+        meta,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        pairing,
+        seq_axis,
     )
-    k_ = _check_torch_inputs(k, params[0], "k")
-    check_same_batch(tuple(q_.shape), tuple(k_.shape), seq_axis_)
-    tables = _tables(positions_, params, _compute_dtype(q_.dtype, k_.dtype))
-    return _apply_rotation(q_, tables, pairing_, seq_axis_), _apply_rotation(k_, tables, pairing_, seq_axis_)
+    tables = _tables(_positions_on(positions, meta, q.device), params.spec)  # type: ignore[arg-type]
+    return _apply_rotation(q, tables, params.pairing, params.seq_axis), _apply_rotation(
+        k, tables, params.pairing, params.seq_axis
+    )

@@ -10,6 +10,8 @@ positions broadcastable to [B..., L]; tables [B'..., L, R]. See SPEC.md, "Shapes
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import _params as P
@@ -29,33 +31,23 @@ __all__ = [
 rotated_pair_count = P.rotated_pair_count
 
 
-def _dtype_name(dtype: np.dtype) -> str:
-    return np.dtype(dtype).name
+def _array_meta(value: object) -> P.ArrayMeta | P.NotAnArray:
+    if not isinstance(value, np.ndarray):
+        return P.NotAnArray(type(value).__name__, "a numpy.ndarray")
+    return P.ArrayMeta(value.dtype.name, value.shape)
 
 
-def _check_inputs(inputs: object, head_dim: int, argument: str = "inputs") -> np.ndarray:
-    if not isinstance(inputs, np.ndarray):
-        raise TypeError(f"{argument} must be a numpy.ndarray; got {type(inputs).__name__}")
-    P.check_input_dtype(_dtype_name(inputs.dtype), argument)
-    P.check_input_shape(inputs.shape, head_dim, argument)
-    return inputs
-
-
-def _check_positions(positions: object) -> np.ndarray:
+def _positions(positions: object) -> tuple[np.ndarray | None, P.ArrayMeta | P.BadPositions]:
+    """positions as an array (None where no array holds them as SPEC.md says) and their metadata.
+    Python numbers and nested sequences become int64, float64 or bool (SPEC.md §4); an array of
+    another library is converted by numpy.asarray."""
+    if isinstance(positions, (list, tuple, numbers.Number)) and not isinstance(positions, np.generic):
+        meta = P.python_positions(positions)
+        if isinstance(meta, P.BadPositions) or meta.dtype == "object":
+            return None, meta
+        return np.asarray(positions, dtype=meta.dtype), meta
     array = np.asarray(positions)
-    name = array.dtype.name
-    is_integer = name.startswith(("int", "uint"))
-    if name == "bool" or not (is_integer or name.startswith(("float", "bfloat"))):
-        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
-    P.check_positions_dtype(name, is_integer)
-    return array
-
-
-def _check_table_dtype(dtype: object) -> np.dtype:
-    name = np.dtype(dtype).name  # type: ignore[call-overload]
-    if name not in P.POSITION_FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64; got {name}")
-    return np.dtype(name)
+    return array, P.ArrayMeta(array.dtype.name, array.shape)
 
 
 def _round_once(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -77,16 +69,7 @@ def _round_once(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
         return bits.view(np.float32).astype(dtype)
 
 
-def _resolve(
-    head_dim: object, max_wavelength: object, rope_percentage: object, rotated_pairs: object, scale_factor: object
-) -> tuple[int, float, int, float]:
-    """Checked (H, w, R, scale_factor), in SPEC.md's order ("Errors")."""
-    head_dim = P.check_head_dim(head_dim)
-    pairs = P.resolve_rotated_pairs(head_dim, rope_percentage, rotated_pairs)  # type: ignore[arg-type]
-    return head_dim, P.check_max_wavelength(max_wavelength), pairs, P.check_scale_factor(scale_factor)
-
-
-def _rotated_frequencies(head_dim: int, max_wavelength: float, pairs: int, scale_factor: float) -> np.ndarray:
+def _rotated_frequencies(spec: P.TableSpec) -> np.ndarray:
     """freq_i = max_wavelength ** (-2 i / head_dim) / scale_factor for i < R, in float64.
 
     The paper evaluates 1 / max_wavelength ** (2 i / head_dim) in floating point, whose rounded
@@ -95,7 +78,8 @@ def _rotated_frequencies(head_dim: int, max_wavelength: float, pairs: int, scale
     digits by _params.frequency_values), so that its angles, which SPEC.md's accuracy levels take
     as exact, carry only the rounding of position * frequency.
     """
-    return np.array(P.frequency_values(head_dim, max_wavelength, pairs, scale_factor)[:pairs], dtype=np.float64)
+    values = P.frequency_values(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    return np.array(values[: spec.pairs], dtype=np.float64)
 
 
 def frequencies(
@@ -108,18 +92,23 @@ def frequencies(
     dtype: object = np.float64,
 ) -> np.ndarray:
     """Angular frequency of each of the H/2 pairs, shape [H/2]; 0 for NoPE pairs. SPEC.md §2."""
-    head_dim, w, pairs, scale = _resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    dtype = _check_table_dtype(dtype)
-    rotated = _rotated_frequencies(head_dim, w, pairs, scale)
-    nope = np.zeros(head_dim // 2 - pairs)
-    return np.concatenate([rotated, nope]).astype(dtype)
+    spec = P.check_table_request(
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        np.dtype(dtype).name,  # type: ignore[call-overload]
+    )
+    nope = np.zeros(spec.head_dim // 2 - spec.pairs)
+    return np.concatenate([_rotated_frequencies(spec), nope]).astype(spec.dtype)
 
 
-def _tables(positions: np.ndarray, head_dim: int, w: float, pairs: int, scale: float, dtype: np.dtype) -> RopeTables:
-    """cos and sin of angle = position * freq_i (float64), positions.shape + (R,)."""
-    angle = positions.astype(np.float64)[..., None] * _rotated_frequencies(head_dim, w, pairs, scale)
+def _cos_sin(positions: np.ndarray, freq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 cos and sin of angle = position * freq_i, positions.shape + (R,)."""
+    angle = positions.astype(np.float64)[..., None] * freq
     with np.errstate(invalid="ignore"):  # non-finite positions give NaN angles (SPEC.md §6)
-        return RopeTables(np.cos(angle).astype(dtype), np.sin(angle).astype(dtype))
+        return np.cos(angle), np.sin(angle)
 
 
 def p_rope_tables(
@@ -133,9 +122,18 @@ def p_rope_tables(
     dtype: object = np.float64,
 ) -> RopeTables:
     """cos and sin of the angles of the R rotated pairs, shape positions.shape + (R,). SPEC.md §5."""
-    positions = _check_positions(positions)
-    head_dim, w, pairs, scale = _resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    return _tables(positions, head_dim, w, pairs, scale, _check_table_dtype(dtype))
+    array, meta = _positions(positions)
+    P.check_positions(meta)
+    spec = P.check_table_request(
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        np.dtype(dtype).name,  # type: ignore[call-overload]
+    )
+    cos, sin = _cos_sin(array, _rotated_frequencies(spec))  # type: ignore[arg-type]
+    return RopeTables(cos.astype(spec.dtype), sin.astype(spec.dtype))
 
 
 def _lanes(head_dim: int, pairs: int, pairing: str) -> tuple[np.ndarray, np.ndarray]:
@@ -146,78 +144,68 @@ def _lanes(head_dim: int, pairs: int, pairing: str) -> tuple[np.ndarray, np.ndar
     return 2 * i, 2 * i + 1
 
 
-def _expand_tables(table: np.ndarray, seq_axis: int) -> np.ndarray:
-    """[B'..., L, R] -> broadcastable against the rotated lanes [B..., L, N, R] / [B..., N, L, R]."""
-    table = table.reshape((1,) * (2 - table.ndim) + table.shape)  # a scalar position: an L axis of 1
-    return np.expand_dims(table, -2 if seq_axis == -3 else -3)
+def _token_view(array: np.ndarray, rank: int, seq_axis: int, trailing: int) -> np.ndarray:
+    """positions (trailing=0) or a table (trailing=1) laid out against the inputs' axes (P.token_shape)."""
+    return array.reshape(P.token_shape(array.shape, rank, seq_axis, trailing))
 
 
-def _rotated_lanes(inputs: np.ndarray, tables: RopeTables, pairing: str, seq_axis: int):
-    """The rotated lanes' indices and values: (first, second, out1, out2), out* in the input dtype."""
-    head_dim = inputs.shape[-1]
-    first, second = _lanes(head_dim, tables.cos.shape[-1], pairing)
-    cos = _expand_tables(tables.cos.astype(np.float64), seq_axis)
-    sin = _expand_tables(tables.sin.astype(np.float64), seq_axis)
-    with np.errstate(invalid="ignore", over="ignore"):  # IEEE arithmetic on inf and NaN (SPEC.md §6)
-        x1 = inputs[..., first].astype(np.float64)  # ml_dtypes warns when it widens a signaling NaN
-        x2 = inputs[..., second].astype(np.float64)
-        out1 = _round_once(x1 * cos - x2 * sin, inputs.dtype)
-        out2 = _round_once(x2 * cos + x1 * sin, inputs.dtype)
-    return first, second, out1, out2
+def _block(array: np.ndarray, index: tuple) -> np.ndarray:
+    return array[P.block_of(index, array.shape)]
 
 
-def _check_apply(inputs, tables, pairing, seq_axis, argument="inputs"):
-    if not isinstance(tables, tuple) or len(tables) != 2:
-        raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
-    cos, sin = (np.asarray(t) for t in tables)
-    if not isinstance(inputs, np.ndarray):
-        raise TypeError(f"{argument} must be a numpy.ndarray; got {type(inputs).__name__}")
-    head_dim = inputs.shape[-1] if inputs.ndim else 0
-    _check_inputs(inputs, head_dim, argument)
-    pairing = P.check_pairing(pairing)
-    seq_axis = P.check_seq_axis(seq_axis)
-    P.check_tables(cos.shape, sin.shape, head_dim)
-    P.check_tables_dtype(cos.dtype.name, inputs.dtype.name)
-    P.check_positions_shape(cos.shape[:-1], inputs.shape, seq_axis, "tables")
-    return RopeTables(cos, sin), pairing, seq_axis
+_BLOCK_BYTES = 1 << 20  # float64 bytes of one rotated lane in a block
+
+
+def _rotate_into(out: np.ndarray, inputs: np.ndarray, pairs: int, pairing: str, block_tables) -> None:
+    """out's 2R rotated lanes = those of inputs turned by the float64 tables that
+    block_tables(index) gives for each block index (token axes, P.token_blocks); every product in
+    float64, rounded once to out's dtype. Temporaries are bounded by the block, whatever the size."""
+    if pairs == 0:
+        return
+    first, second = _lanes(inputs.shape[-1], pairs, pairing)
+    for index in P.token_blocks((*inputs.shape[:-1], pairs), 8, _BLOCK_BYTES):
+        cos, sin = block_tables(index)
+        block = inputs[index]
+        with np.errstate(invalid="ignore", over="ignore"):  # IEEE arithmetic on inf and NaN (SPEC.md §6)
+            x1 = block[..., first].astype(np.float64)  # ml_dtypes warns when it widens a signaling NaN
+            x2 = block[..., second].astype(np.float64)
+            out1 = _round_once(x1 * cos - x2 * sin, inputs.dtype)
+            out2 = _round_once(x2 * cos + x1 * sin, inputs.dtype)
+        target = out[index]
+        target[..., first] = out1
+        target[..., second] = out2
+
+
+def _rotate_at_positions(out: np.ndarray, inputs: np.ndarray, positions: np.ndarray, params: P.CallParams) -> None:
+    """_rotate_into with the tables of each block built from its positions."""
+    freq = _rotated_frequencies(params.spec)
+    tokens = _token_view(positions, inputs.ndim, params.seq_axis, 0)
+    _rotate_into(out, inputs, params.spec.pairs, params.pairing, lambda index: _cos_sin(_block(tokens, index), freq))
 
 
 def apply_p_rope_tables(
     inputs: np.ndarray, tables: RopeTables, *, pairing: str = "split_half", seq_axis: int = -3
 ) -> np.ndarray:
     """Rotate inputs by precomputed tables (from p_rope_tables). Returns a new array. SPEC.md §5."""
-    tables, pairing, seq_axis = _check_apply(inputs, tables, pairing, seq_axis)
-    first, second, out1, out2 = _rotated_lanes(inputs, tables, pairing, seq_axis)
+    P.check_tables_type(tables)
+    cos, sin = (np.asarray(t) for t in tables)
+    layout = P.check_apply_tables(
+        _array_meta(inputs),
+        P.ArrayMeta(cos.dtype.name, cos.shape),
+        P.ArrayMeta(sin.dtype.name, sin.shape),
+        pairing,
+        seq_axis,
+    )
+    cos_, sin_ = (_token_view(t, inputs.ndim, layout.seq_axis, 1) for t in (cos, sin))
     out = inputs.copy()
-    out[..., first] = out1
-    out[..., second] = out2
+    _rotate_into(
+        out,
+        inputs,
+        layout.pairs,
+        layout.pairing,
+        lambda index: (_block(cos_, index).astype(np.float64), _block(sin_, index).astype(np.float64)),
+    )
     return out
-
-
-def _prepare(
-    inputs: object,
-    positions: object,
-    head_dim: object,
-    max_wavelength: object,
-    rope_percentage: object,
-    rotated_pairs: object,
-    scale_factor: object,
-    pairing: object,
-    seq_axis: object,
-    argument: str = "inputs",
-) -> tuple[np.ndarray, tuple[int, float, int, float], str, int]:
-    """Every check of apply_p_rope, in SPEC.md's order ("Errors"), before any work.
-
-    Returns (positions array, (H, w, R, scale), pairing, seq_axis).
-    """
-    head_dim_ = P.check_head_dim(head_dim)
-    array = _check_inputs(inputs, head_dim_, argument)
-    params = _resolve(head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    pairing_ = P.check_pairing(pairing)
-    seq_axis_ = P.check_seq_axis(seq_axis)
-    positions_ = _check_positions(positions)
-    P.check_positions_shape(positions_.shape, array.shape, seq_axis_)
-    return positions_, params, pairing_, seq_axis_
 
 
 def apply_p_rope(
@@ -237,11 +225,21 @@ def apply_p_rope(
     Called as apply_p_rope(inputs, positions, head_dim, max_wavelength, rope_percentage) it is the
     paper's function. SPEC.md is the normative description of every argument.
     """
-    positions, params, pairing, seq_axis = _prepare(
-        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    array, meta = _positions(positions)
+    params = P.check_call(
+        _array_meta(inputs),
+        meta,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        pairing,
+        seq_axis,
     )
-    tables = _tables(positions, *params, np.dtype(np.float64))
-    return apply_p_rope_tables(inputs, tables, pairing=pairing, seq_axis=seq_axis)
+    out = inputs.copy()
+    _rotate_at_positions(out, inputs, array, params)  # type: ignore[arg-type]
+    return out
 
 
 def apply_p_rope_(
@@ -257,15 +255,21 @@ def apply_p_rope_(
     seq_axis: int = -3,
 ) -> np.ndarray:
     """In-place apply_p_rope: writes only the 2R rotated lanes of inputs and returns inputs."""
-    positions, params, pairing, seq_axis = _prepare(
-        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    array, meta = _positions(positions)
+    params = P.check_call(
+        _array_meta(inputs),
+        meta,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        pairing,
+        seq_axis,
     )
-    if not inputs.flags.writeable:
-        raise ValueError("inputs is read-only; apply_p_rope_ writes into it")
-    tables = _tables(positions, *params, np.dtype(np.float64))
-    first, second, out1, out2 = _rotated_lanes(inputs, tables, pairing, seq_axis)
-    inputs[..., first] = out1
-    inputs[..., second] = out2
+    P.check_writable(inputs.flags.writeable)
+    P.check_no_overlap(inputs.shape, tuple(stride // inputs.itemsize for stride in inputs.strides))
+    _rotate_at_positions(inputs, inputs, array, params)  # type: ignore[arg-type]
     return inputs
 
 
@@ -282,14 +286,21 @@ def apply_p_rope_qk(
     pairing: str = "split_half",
     seq_axis: int = -3,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """apply_p_rope of q and of k (heads may differ, batch axes and L may not), one table build."""
-    positions, params, pairing, seq_axis = _prepare(
-        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    """apply_p_rope of q and of k (heads may differ, batch axes and L may not)."""
+    array, meta = _positions(positions)
+    params = P.check_qk_call(
+        _array_meta(q),
+        _array_meta(k),
+        meta,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        pairing,
+        seq_axis,
     )
-    _check_inputs(k, params[0], "k")
-    P.check_same_batch(q.shape, k.shape, seq_axis)
-    tables = _tables(positions, *params, np.dtype(np.float64))
-    return (
-        apply_p_rope_tables(q, tables, pairing=pairing, seq_axis=seq_axis),
-        apply_p_rope_tables(k, tables, pairing=pairing, seq_axis=seq_axis),
-    )
+    q_out, k_out = q.copy(), k.copy()
+    _rotate_at_positions(q_out, q, array, params)  # type: ignore[arg-type]
+    _rotate_at_positions(k_out, k, array, params)  # type: ignore[arg-type]
+    return q_out, k_out

@@ -266,11 +266,11 @@ def api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
         raise AssertionError("work started before every argument was checked")
 
     if request.param == "reference":
-        for name in ("_tables", "_rotated_lanes"):
+        for name in ("_cos_sin", "_rotate_into"):
             monkeypatch.setattr(reference, name, tripwire)
         return reference
     array_api = pytest.importorskip("p_rope.backends.array_api")
-    for name in ("build_tables", "rotate", "rotate_pairs"):
+    for name in ("build_tables", "rotate", "rotate_into"):
         monkeypatch.setattr(array_api, name, tripwire)
     return array_api
 

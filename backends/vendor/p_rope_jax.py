@@ -42,6 +42,7 @@ from __future__ import annotations
 # from spec/_params.py
 # ==============================================================================================
 import functools
+import itertools
 import math
 import numbers
 from decimal import Decimal, localcontext
@@ -68,6 +69,64 @@ class RopeTables(NamedTuple):
     sin: Any
 
 
+_INT64_LIMIT = 1 << 63
+_REPR_CHARS = 60  # a value shown in a message is cut to this many characters
+
+
+class ArrayMeta(NamedTuple):
+    """What the checks read of an array argument (inputs, q, k, positions, a table): its dtype
+    name ('float32', 'bfloat16', 'int64', 'bool', 'object', ...), its shape and, where a check
+    compares it, its device (any value with ==; None where it does not matter)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    device: Any = None
+
+
+class NotAnArray(NamedTuple):
+    """An argument that is not an array of the implementation's library: the name of its type and
+    what was expected ("an array", "a numpy.ndarray", "a torch.Tensor")."""
+
+    type_name: str
+    expected: str = "an array"
+
+
+class BadPositions(NamedTuple):
+    """Positions given as Python values that no array holds as SPEC.md says: a ragged nested
+    sequence (problem "ragged"), or an int beyond the widest integer (problem "int{bits}")."""
+
+    problem: str
+    value: str
+
+
+class TableSpec(NamedTuple):
+    """Everything a table depends on: H, w, R, s and the table (computation) dtype name."""
+
+    head_dim: int
+    max_wavelength: float
+    pairs: int
+    scale_factor: float
+    dtype: str
+
+
+class CallParams(NamedTuple):
+    """The checked parameters of one apply_p_rope / apply_p_rope_ / apply_p_rope_qk call."""
+
+    spec: TableSpec
+    pairing: str
+    seq_axis: int
+
+
+class Layout(NamedTuple):
+    """The checked layout of one apply_p_rope_tables call: R and the computation dtype come from
+    the tables."""
+
+    pairing: str
+    seq_axis: int
+    pairs: int
+    dtype: str
+
+
 def _is_real_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -76,12 +135,25 @@ def _is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_CHARS else text[: _REPR_CHARS - 3] + "..."
+
+
+def _as_float(value: object) -> float:
+    """float(value); inf (of value's sign) for a real too large for binary64 (a huge int or Fraction)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+
+
 def check_head_dim(head_dim: object) -> int:
     if not _is_integer(head_dim):
-        raise TypeError(f"head_dim must be an int; got {head_dim!r} of type {type(head_dim).__name__}")
+        raise TypeError(f"head_dim must be an int; got {_short(head_dim)} of type {type(head_dim).__name__}")
     value = int(head_dim)  # type: ignore[call-overload]
     if value <= 0 or value % 2:
-        raise ValueError(f"head_dim must be a positive even integer; got {value}")
+        raise ValueError(f"head_dim must be a positive even integer; got {_short(value)}")
     return value
 
 
@@ -89,11 +161,11 @@ def check_rope_percentage(rope_percentage: object) -> float:
     if not _is_real_number(rope_percentage):
         raise TypeError(
             "rope_percentage must be a real number in [0, 1]; "
-            f"got {rope_percentage!r} of type {type(rope_percentage).__name__}"
+            f"got {_short(rope_percentage)} of type {type(rope_percentage).__name__}"
         )
-    value = float(rope_percentage)  # type: ignore[arg-type]
+    value = _as_float(rope_percentage)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"rope_percentage must be in [0, 1]; got {rope_percentage!r}")
+        raise ValueError(f"rope_percentage must be in [0, 1]; got {_short(rope_percentage)}")
     return value
 
 
@@ -111,16 +183,16 @@ def resolve_rotated_pairs(head_dim: int, rope_percentage: object, rotated_pairs:
         return rotated_pair_count(head_dim, check_rope_percentage(rope_percentage))
     if not _is_integer(rotated_pairs):
         raise TypeError(
-            f"rotated_pairs must be an int or None; got {rotated_pairs!r} of type {type(rotated_pairs).__name__}"
+            f"rotated_pairs must be an int or None; got {_short(rotated_pairs)} of type {type(rotated_pairs).__name__}"
         )
     count = int(rotated_pairs)  # type: ignore[call-overload]
     if not 0 <= count <= head_dim // 2:
-        raise ValueError(f"rotated_pairs must be in [0, head_dim // 2] = [0, {head_dim // 2}]; got {count}")
+        raise ValueError(f"rotated_pairs must be in [0, head_dim // 2] = [0, {head_dim // 2}]; got {_short(count)}")
     check_rope_percentage(rope_percentage)
     if rope_percentage != 1.0:
         raise ValueError(
             "give either rope_percentage or rotated_pairs, not both; "
-            f"got rope_percentage={rope_percentage!r} and rotated_pairs={count}"
+            f"got rope_percentage={_short(rope_percentage)} and rotated_pairs={count}"
         )
     return count
 
@@ -128,34 +200,50 @@ def resolve_rotated_pairs(head_dim: int, rope_percentage: object, rotated_pairs:
 def check_max_wavelength(max_wavelength: object) -> float:
     if not _is_real_number(max_wavelength):
         raise TypeError(
-            f"max_wavelength must be a real number; got {max_wavelength!r} of type {type(max_wavelength).__name__}"
+            "max_wavelength must be a real number; "
+            f"got {_short(max_wavelength)} of type {type(max_wavelength).__name__}"
         )
-    value = float(max_wavelength)  # type: ignore[arg-type]
+    value = _as_float(max_wavelength)
     if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"max_wavelength must be finite and > 0; got {max_wavelength!r}")
+        raise ValueError(f"max_wavelength must be finite and > 0; got {_short(max_wavelength)}")
     return value
 
 
 def check_scale_factor(scale_factor: object) -> float:
     if not _is_real_number(scale_factor):
         raise TypeError(
-            f"scale_factor must be a real number >= 1; got {scale_factor!r} of type {type(scale_factor).__name__}"
+            f"scale_factor must be a real number >= 1; got {_short(scale_factor)} of type {type(scale_factor).__name__}"
         )
-    value = float(scale_factor)  # type: ignore[arg-type]
+    value = _as_float(scale_factor)
     if not (math.isfinite(value) and value >= 1.0):
-        raise ValueError(f"scale_factor must be finite and >= 1; got {scale_factor!r}")
+        raise ValueError(f"scale_factor must be finite and >= 1; got {_short(scale_factor)}")
     return value
 
 
+def check_frequencies_finite(head_dim: int, max_wavelength: float, pairs: int, scale_factor: float) -> None:
+    """The highest rotated frequency must be a finite binary64 number (only w < 1 can break this:
+    freq_i = w ** (-2 i / H) / s grows with i there)."""
+    if max_wavelength >= 1.0 or pairs < 2:
+        return
+    if math.isinf(frequency_values(head_dim, max_wavelength, pairs, scale_factor)[pairs - 1]):
+        raise ValueError(
+            f"max_wavelength={max_wavelength!r} with head_dim={head_dim} and {pairs} rotated pairs makes "
+            f"freq_{pairs - 1} = max_wavelength ** (-2 i / head_dim) / scale_factor overflow float64; "
+            "use a larger max_wavelength or fewer rotated pairs"
+        )
+
+
 def check_pairing(pairing: object) -> str:
-    if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {PAIRINGS}; got {pairing!r}")
-    return str(pairing)
+    if not isinstance(pairing, str) or pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}; got {_short(pairing)}")
+    return pairing
 
 
 def check_seq_axis(seq_axis: object) -> int:
     if not _is_integer(seq_axis) or seq_axis not in SEQ_AXES:
-        raise ValueError(f"seq_axis must be -3 (inputs [..., L, N, H]) or -2 (inputs [..., N, L, H]); got {seq_axis!r}")
+        raise ValueError(
+            f"seq_axis must be -3 (inputs [..., L, N, H]) or -2 (inputs [..., N, L, H]); got {_short(seq_axis)}"
+        )
     return int(seq_axis)  # type: ignore[call-overload]
 
 
@@ -165,13 +253,105 @@ def check_input_dtype(name: str, argument: str = "inputs") -> str:
     return name
 
 
-def check_positions_dtype(name: str, is_integer: bool) -> str:
-    if is_integer or name in POSITION_FLOAT_DTYPES:
+def check_array(meta: ArrayMeta | NotAnArray, argument: str) -> ArrayMeta:
+    """meta itself for an array; SPEC.md's "not an array" TypeError otherwise."""
+    if isinstance(meta, NotAnArray):
+        raise TypeError(f"{argument} must be {meta.expected}; got {meta.type_name}")
+    return meta
+
+
+def check_inputs(meta: ArrayMeta | NotAnArray, head_dim: int, argument: str = "inputs") -> ArrayMeta:
+    """Type, dtype and shape of inputs (row 2 of SPEC.md's errors)."""
+    array = check_array(meta, argument)
+    check_input_dtype(array.dtype, argument)
+    check_input_shape(array.shape, head_dim, argument)
+    return array
+
+
+def is_integer_dtype(name: str) -> bool:
+    return name.startswith(("int", "uint"))
+
+
+def check_positions_dtype(name: str) -> str:
+    if is_integer_dtype(name) or name in POSITION_FLOAT_DTYPES:
         return name
-    raise TypeError(
-        "positions must have an integer dtype or float32/float64 "
-        f"(16-bit floats cannot hold positions above 2048 exactly); got dtype {name}"
-    )
+    if name in ("float16", "bfloat16"):
+        raise TypeError(
+            "positions must have an integer dtype or float32/float64 "
+            f"(16-bit floats cannot hold positions above 2048 exactly); got dtype {name}"
+        )
+    raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
+
+
+def check_positions(meta: ArrayMeta | NotAnArray | BadPositions) -> ArrayMeta:
+    """Positions' type, values given as Python numbers, and dtype (row 8 of SPEC.md's errors)."""
+    if isinstance(meta, BadPositions):
+        if meta.problem == "ragged":
+            raise ValueError(
+                f"positions must be an array or a nested sequence of numbers of one shape; got the ragged {meta.value}"
+            )
+        bits = int(meta.problem.removeprefix("int"))
+        raise ValueError(
+            f"positions given as Python ints must lie in [-2**{bits - 1}, 2**{bits - 1}) (int{bits}); got {meta.value}"
+        )
+    array = check_array(meta, "positions")
+    check_positions_dtype(array.dtype)
+    return array
+
+
+def check_x64_dtype(name: str, argument: str, x64: bool) -> None:
+    """A float64 array handed to JAX while jax_enable_x64 is off (JAX would make it float32)."""
+    if name == "float64" and not x64:
+        raise TypeError(f"{argument} is float64, which JAX holds only with jax_enable_x64 on; got dtype {name}")
+
+
+def check_x64_positions(low: int, high: int, name: str, target: str) -> None:
+    """Integer positions of dtype name in [low, high] must fit target, the dtype JAX turns them into
+    with jax_enable_x64 off (never wrapped)."""
+    bits = int(target.removeprefix("u").removeprefix("int"))
+    lo, hi = (0, 1 << bits) if target.startswith("u") else (-(1 << (bits - 1)), 1 << (bits - 1))
+    if low < lo or high >= hi:
+        value = low if low < lo else high
+        raise ValueError(
+            f"positions of dtype {name} hold {value}, beyond {target}, the widest integer JAX holds with "
+            "jax_enable_x64 off; enable jax_enable_x64 or pass positions in "
+            f"[{lo}, {hi})"
+        )
+
+
+def _nested_shape(value: object, leaves: list[object]) -> tuple[int, ...] | None:
+    """The shape of a nested list/tuple of scalars (appending its leaves), None if ragged."""
+    if not isinstance(value, (list, tuple)):
+        leaves.append(value)
+        return ()
+    shapes = {_nested_shape(item, leaves) for item in value}
+    if len(shapes) > 1 or None in shapes:
+        return None
+    inner = shapes.pop() if shapes else ()
+    return None if inner is None else (len(value), *inner)
+
+
+def python_positions(value: object, int_bits: int = 64) -> ArrayMeta | BadPositions:
+    """Metadata of positions given as a Python number or nested list/tuple of numbers: the dtype
+    they become (bool, int{int_bits} for ints, float64 for reals, "object" for anything else) and
+    their shape; ragged nesting and ints beyond int{int_bits} are BadPositions."""
+    leaves: list[object] = []
+    shape = _nested_shape(value, leaves)
+    if shape is None:
+        return BadPositions("ragged", f"{type(value).__name__} {_short(value)}")
+    if not all(isinstance(leaf, numbers.Number) for leaf in leaves):
+        return ArrayMeta("object", shape)
+    limit = 1 << (int_bits - 1)
+    for leaf in leaves:
+        if _is_integer(leaf) and not -limit <= int(leaf) < limit:  # type: ignore[call-overload]
+            return BadPositions(f"int{int_bits}", _short(int(leaf)))  # type: ignore[call-overload]
+    if not all(isinstance(leaf, numbers.Real) for leaf in leaves):
+        return ArrayMeta("complex128", shape)
+    if leaves and all(isinstance(leaf, bool) for leaf in leaves):
+        return ArrayMeta("bool", shape)
+    if leaves and all(isinstance(leaf, numbers.Integral) for leaf in leaves):
+        return ArrayMeta(f"int{int_bits}", shape)
+    return ArrayMeta("float64", shape)
 
 
 def check_input_shape(shape: tuple[int, ...], head_dim: int, argument: str = "inputs") -> None:
@@ -206,9 +386,16 @@ def check_positions_shape(
     return target
 
 
+def check_tables_type(tables: object) -> None:
+    if not isinstance(tables, tuple) or len(tables) != 2:
+        raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
+
+
 def check_tables(cos_shape: tuple[int, ...], sin_shape: tuple[int, ...], head_dim: int) -> int:
     if tuple(cos_shape) != tuple(sin_shape):
-        raise ValueError(f"tables.cos and tables.sin must have the same shape; got {cos_shape} and {sin_shape}")
+        raise ValueError(
+            f"tables.cos and tables.sin must have the same shape; got {tuple(cos_shape)} and {tuple(sin_shape)}"
+        )
     if len(cos_shape) < 1 or cos_shape[-1] > head_dim // 2:
         raise ValueError(
             f"tables must have shape [..., L, R] with R <= head_dim // 2 = {head_dim // 2}; got {tuple(cos_shape)}"
@@ -216,11 +403,21 @@ def check_tables(cos_shape: tuple[int, ...], sin_shape: tuple[int, ...], head_di
     return int(cos_shape[-1])
 
 
-def check_tables_dtype(tables_dtype: str, inputs_dtype: str) -> None:
-    if tables_dtype not in POSITION_FLOAT_DTYPES:
-        raise TypeError(f"tables must be float32 or float64; got dtype {tables_dtype}")
-    if inputs_dtype == "float64" and tables_dtype != "float64":
+def check_tables_dtype(cos_dtype: str, sin_dtype: str, inputs_dtype: str) -> str:
+    if cos_dtype not in POSITION_FLOAT_DTYPES:
+        raise TypeError(f"tables must be float32 or float64; got dtype {cos_dtype}")
+    if sin_dtype != cos_dtype:
+        raise TypeError(f"tables.cos and tables.sin must have the same dtype; got {cos_dtype} and {sin_dtype}")
+    if inputs_dtype == "float64" and cos_dtype != "float64":
         raise TypeError("tables are float32 but inputs are float64; build the tables with dtype float64")
+    return cos_dtype
+
+
+def check_table_dtype(name: str) -> str:
+    """The dtype of p_rope_tables or frequencies (row D of SPEC.md's errors)."""
+    if name not in POSITION_FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64; got {name}")
+    return name
 
 
 def check_same_batch(q_shape: tuple[int, ...], k_shape: tuple[int, ...], seq_axis: int) -> None:
@@ -228,6 +425,174 @@ def check_same_batch(q_shape: tuple[int, ...], k_shape: tuple[int, ...], seq_axi
         raise ValueError(
             f"q of shape {tuple(q_shape)} and k of shape {tuple(k_shape)} must share their batch axes and L"
         )
+
+
+def check_writable(writable: bool, argument: str = "inputs") -> None:
+    if not writable:
+        raise ValueError(f"{argument} is read-only; apply_p_rope_ writes into it")
+
+
+def check_no_overlap(shape: tuple[int, ...], strides: tuple[int, ...], argument: str = "inputs") -> None:
+    """In-place writes need every element at its own address. Strides in elements (any sign) are
+    accepted when, sorted by magnitude, each exceeds the span of the smaller ones (which proves that
+    no two elements share an address); a stride-0 broadcast, an expanded view or overlapping
+    as_strided windows are refused (and so, conservatively, are the rare interleaved layouts that
+    this test cannot prove free of overlap)."""
+    if any(size == 0 for size in shape):
+        return
+    reach = 0  # the largest offset spanned by the axes of smaller strides
+    for stride, size in sorted((abs(st), n) for n, st in zip(shape, strides, strict=True) if n > 1):
+        if stride <= reach:
+            raise ValueError(
+                f"{argument} has shape {tuple(shape)} and strides {tuple(strides)} (in elements), under which "
+                "elements may share memory (an expanded or stride-0 view, overlapping windows); apply_p_rope_ "
+                "cannot write into it: pass a copy, or use apply_p_rope"
+            )
+        reach += stride * (size - 1)
+
+
+def check_same_device(q_device: object, k_device: object) -> None:
+    if q_device is not None and k_device is not None and q_device != k_device:
+        raise ValueError(f"q and k must be on the same device; got {q_device} and {k_device}")
+
+
+def compute_dtype_name(*inputs_dtypes: str) -> str:
+    """float64 if any input is float64, else float32 (float16, bfloat16, float32 compute in float32)."""
+    return "float64" if "float64" in inputs_dtypes else "float32"
+
+
+def _table_spec(
+    head_dim: int,
+    max_wavelength: object,
+    rope_percentage: object,
+    rotated_pairs: object,
+    scale_factor: object,
+    dtype: str,
+) -> TableSpec:
+    """Rows 3, 4 and 5 of SPEC.md's errors, head_dim being checked."""
+    pairs = resolve_rotated_pairs(head_dim, rope_percentage, rotated_pairs)
+    w = check_max_wavelength(max_wavelength)
+    scale = check_scale_factor(scale_factor)
+    check_frequencies_finite(head_dim, w, pairs, scale)
+    return TableSpec(head_dim, w, pairs, scale, dtype)
+
+
+def check_table_request(
+    head_dim: object,
+    max_wavelength: object,
+    rope_percentage: object,
+    rotated_pairs: object,
+    scale_factor: object,
+    dtype: str = "float64",
+) -> TableSpec:
+    """Every check of frequencies and p_rope_tables (after positions): rows 1, 3, 4, 5, then D."""
+    spec = _table_spec(check_head_dim(head_dim), max_wavelength, rope_percentage, rotated_pairs, scale_factor, dtype)
+    check_table_dtype(dtype)
+    return spec
+
+
+def check_call(
+    inputs: ArrayMeta | NotAnArray,
+    positions: ArrayMeta | NotAnArray | BadPositions,
+    head_dim: object,
+    max_wavelength: object,
+    rope_percentage: object,
+    rotated_pairs: object,
+    scale_factor: object,
+    pairing: object,
+    seq_axis: object,
+    argument: str = "inputs",
+) -> CallParams:
+    """Every check of apply_p_rope and apply_p_rope_ (rows 1 to 9 of SPEC.md's errors, in order),
+    on the metadata of the arrays; the table dtype is the computation dtype of the inputs."""
+    head_dim_ = check_head_dim(head_dim)
+    array = check_inputs(inputs, head_dim_, argument)
+    spec = _table_spec(
+        head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor, compute_dtype_name(array.dtype)
+    )
+    pairing_ = check_pairing(pairing)
+    seq_axis_ = check_seq_axis(seq_axis)
+    check_positions_shape(check_positions(positions).shape, array.shape, seq_axis_)
+    return CallParams(spec, pairing_, seq_axis_)
+
+
+def check_qk_call(
+    q: ArrayMeta | NotAnArray,
+    k: ArrayMeta | NotAnArray,
+    positions: ArrayMeta | NotAnArray | BadPositions,
+    head_dim: object,
+    max_wavelength: object,
+    rope_percentage: object,
+    rotated_pairs: object,
+    scale_factor: object,
+    pairing: object,
+    seq_axis: object,
+) -> CallParams:
+    """Every check of apply_p_rope_qk: rows 1 to 9 on q and positions, row 2 on k, qk-batch, qk-device.
+    The table dtype is float64 if q or k is float64."""
+    params = check_call(
+        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    )
+    q_, k_ = check_array(q, "q"), check_inputs(k, params.spec.head_dim, "k")
+    check_same_batch(q_.shape, k_.shape, params.seq_axis)
+    check_same_device(q_.device, k_.device)
+    return params._replace(spec=params.spec._replace(dtype=compute_dtype_name(q_.dtype, k_.dtype)))
+
+
+def check_apply_tables(
+    inputs: ArrayMeta | NotAnArray, cos: ArrayMeta, sin: ArrayMeta, pairing: object, seq_axis: object
+) -> Layout:
+    """Every check of apply_p_rope_tables after tables-type: row 2 (H from the inputs' last axis, which
+    must be a valid head_dim), rows 6 and 7, then T2, T3, T4."""
+    array = check_array(inputs, "inputs")
+    head_dim = array.shape[-1] if array.shape else 0
+    check_inputs(array, head_dim)
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"inputs' last axis (H) must be a positive even head_dim; got shape {tuple(array.shape)}")
+    pairing_ = check_pairing(pairing)
+    seq_axis_ = check_seq_axis(seq_axis)
+    pairs = check_tables(cos.shape, sin.shape, head_dim)
+    dtype = check_tables_dtype(cos.dtype, sin.dtype, array.dtype)
+    check_positions_shape(tuple(cos.shape[:-1]), array.shape, seq_axis_, "tables")
+    return Layout(pairing_, seq_axis_, pairs, dtype)
+
+
+def token_blocks(shape: tuple[int, ...], bytes_per_element: int, budget: int) -> list[tuple[Any, ...]]:
+    """Index tuples (ints for the leading axes, then one slice) that cut an array of ``shape`` into
+    blocks of about ``budget`` bytes at ``bytes_per_element`` bytes per element, its last axis kept
+    whole (a block is at least one row of it). The blocks cover the array once, in order; an array
+    within the budget is one block, the index ()."""
+    axes = tuple(shape[:-1])
+    row = bytes_per_element * (shape[-1] if shape else 1)
+    inner, cut = max(1, row), len(axes)
+    while cut > 0 and inner * axes[cut - 1] <= budget:
+        inner *= axes[cut - 1]
+        cut -= 1
+    if cut == 0:
+        return [()]
+    rows = max(1, budget // inner)
+    return [
+        (*lead, slice(start, start + rows))
+        for lead in itertools.product(*(range(n) for n in axes[: cut - 1]))
+        for start in range(0, axes[cut - 1], rows)
+    ]
+
+
+def token_shape(shape: tuple[int, ...], rank: int, seq_axis: int, trailing: int) -> tuple[int, ...]:
+    """The shape of positions [B'..., L] (trailing=0) or of a table [B'..., L, R] (trailing=1) laid
+    out against inputs of rank ``rank``: leading axes of size 1 added, and a heads axis of size 1
+    after L (seq_axis=-3) or before it (seq_axis=-2); a scalar position has L = 1."""
+    shape = (1,) * (1 + trailing - len(shape)) + tuple(shape)
+    lead, tail = shape[: len(shape) - trailing], shape[len(shape) - trailing :]
+    tokens = (*lead, 1) if seq_axis == -3 else (*lead[:-1], 1, lead[-1])
+    return (1,) * (rank - 1 - len(tokens)) + tokens + tail
+
+
+def block_of(index: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """A block index of the inputs' token axes (token_blocks) for an array of ``shape`` laid out by
+    token_shape: an axis of size 1 (broadcast) is taken whole; the remaining axes by an Ellipsis."""
+    picked = ((slice(None) if isinstance(i, slice) else 0) if n == 1 else i for i, n in zip(index, shape, strict=False))
+    return (*picked, Ellipsis)
 
 
 @functools.lru_cache(maxsize=256)
@@ -305,55 +670,56 @@ def dtype_name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1].strip("'>")
 
 
-def is_integer_dtype(name: str) -> bool:
-    return name.startswith(("int", "uint"))
-
-
-def check_array(xp: Any, value: object, argument: str) -> None:
+def array_meta(value: Any, expected: str = "an array") -> ArrayMeta | NotAnArray:
+    """What the checks of p_rope._params read of an array argument (dtype name, shape, device)."""
     if not array_api_compat.is_array_api_obj(value):
-        raise TypeError(f"{argument} must be an array; got {type(value).__name__}")
+        return NotAnArray(type(value).__name__, expected)
+    return ArrayMeta(dtype_name(value.dtype), tuple(value.shape), array_api_compat.device(value))
 
 
-def check_inputs(value: Any, head_dim: int, argument: str = "inputs") -> str:
-    """Type, dtype and shape of inputs (SPEC.md, "Errors"); returns its dtype name."""
-    if not array_api_compat.is_array_api_obj(value):
-        raise TypeError(f"{argument} must be an array; got {type(value).__name__}")
-    name = check_input_dtype(dtype_name(value.dtype), argument)
-    check_input_shape(tuple(value.shape), head_dim, argument)
-    return name
+def _integer_bits(xp: Any) -> int:
+    """The width of xp's default integer (32 for JAX with jax_enable_x64 off, 64 elsewhere)."""
+    return int(xp.iinfo(xp.__array_namespace_info__().default_dtypes()["integral"]).bits)
 
 
-def as_positions(xp: Any, positions: Any, like: Any) -> Any:
-    """positions as an array on like's device, with its dtype checked (SPEC.md, "Positions")."""
-    if not array_api_compat.is_array_api_obj(positions):
-        positions = xp.asarray(positions)
-    name = dtype_name(positions.dtype)
-    if name == "bool" or not (is_integer_dtype(name) or name.startswith(("float", "bfloat"))):
-        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
-    check_positions_dtype(name, is_integer_dtype(name))
+def positions_meta(xp: Any, positions: Any) -> ArrayMeta | BadPositions:
+    """The metadata of positions: an array's own, or that of the array xp makes of Python values."""
+    if array_api_compat.is_array_api_obj(positions):
+        return ArrayMeta(dtype_name(positions.dtype), tuple(positions.shape))
+    return python_positions(positions, _integer_bits(xp))
+
+
+def as_positions(xp: Any, positions: Any, meta: ArrayMeta, like: Any) -> Any:
+    """Checked positions as an array of xp on like's device (SPEC.md, "Positions"): Python values
+    in meta's dtype; another library's array through xp.asarray, its integers never wrapped."""
     device = array_api_compat.device(like)
+    if not array_api_compat.is_array_api_obj(positions):
+        return xp.asarray(positions, dtype=getattr(xp, meta.dtype), device=device)
+    source = array_api_compat.array_namespace(positions)
+    if source is not xp:
+        converted = xp.asarray(positions, device=device)
+        name = dtype_name(converted.dtype)
+        if name != meta.dtype and is_integer_dtype(meta.dtype) and positions.size:
+            low, high = int(source.min(positions)), int(source.max(positions))
+            check_x64_positions(low, high, meta.dtype, name)
+        return converted
     if array_api_compat.device(positions) != device:
         positions = array_api_compat.to_device(positions, device)
     return positions
 
 
-def resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor) -> tuple[int, float, int, float]:
-    """Checked (head_dim, max_wavelength, R, scale_factor)."""
-    head_dim = check_head_dim(head_dim)
-    pairs = resolve_rotated_pairs(head_dim, rope_percentage, rotated_pairs)
-    return head_dim, check_max_wavelength(max_wavelength), pairs, check_scale_factor(scale_factor)
-
-
-def compute_dtype_name(inputs_dtype: str) -> str:
-    """float64 inputs compute in float64; float16, bfloat16 and float32 in float32."""
-    return "float64" if inputs_dtype == "float64" else "float32"
-
-
 def table_dtype_name(dtype: object) -> str:
-    name = "float32" if dtype is None else dtype_name(dtype)
-    if name not in POSITION_FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64; got {name}")
-    return name
+    """The checked name of a table dtype argument (None: float32)."""
+    return check_table_dtype("float32" if dtype is None else dtype_name(dtype))
+
+
+def element_strides(x: Any) -> tuple[int, ...]:
+    """x's strides in elements (torch, NumPy, array-api-strict over NumPy)."""
+    stride = getattr(x, "stride", None)
+    if callable(stride):
+        return tuple(stride())
+    array = x if hasattr(x, "strides") else getattr(x, "_array", x)
+    return tuple(step // array.itemsize for step in array.strides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,14 +731,30 @@ def _frac(xp: Any, t: Any) -> Any:
     return t - xp.round(t)
 
 
+def _wide_integers(xp: Any, positions: Any) -> Any:
+    """Integer positions in a dtype in which p // 4096 and p - 4096 h are exact and supported:
+    8- and 16-bit integers widened to int32, unsigned ones of 32 and 64 bits to xp's default integer
+    (int64; uint64 positions of 2**63 and more wrap, far beyond the strict range, where the
+    conformant bound exceeds any rotation's error)."""
+    name = dtype_name(positions.dtype)
+    if name in ("int32", "int64") or (name == "uint32" and _integer_bits(xp) == 32):
+        return positions
+    if xp.iinfo(positions.dtype).bits < 32:
+        return xp.astype(positions, xp.int32)
+    return xp.astype(positions, xp.__array_namespace_info__().default_dtypes()["integral"])
+
+
 def _position_chunks(xp: Any, positions: Any) -> tuple[Any, Any, Any | None, Any | None]:
     """Split positions p = 4096 hi + mid + fa + fb, each piece cast exactly to float32:
     hi and mid are integers below 4096 in magnitude (for |p| < 2**24), fa a multiple of 2**-12
     below 1, fb below 2**-12. Real positions are split toward zero (trunc), so every piece keeps
     p's sign and each subtraction is exact; floor would round for negative non-integers.
-    Integer positions have no fa, fb."""
+    Integer positions have no fa, fb. A real hi is taken modulo 2**24, exactly, so that it stays
+    finite in float32 (positions beyond 2**36, where SPEC.md's conformant bound exceeds any
+    rotation's error)."""
     f32 = xp.float32
     if is_integer_dtype(dtype_name(positions.dtype)):
+        positions = _wide_integers(xp, positions)
         hi = positions // (1 << CHUNK_BITS)
         mid = positions - hi * (1 << CHUNK_BITS)
         return xp.astype(hi, f32), xp.astype(mid, f32), None, None
@@ -382,6 +764,7 @@ def _position_chunks(xp: Any, positions: Any) -> tuple[Any, Any, Any | None, Any
     frac = rest - mid
     fa = xp.trunc(frac * _CHUNK) / _CHUNK
     fb = frac - fa
+    hi = xp.where(xp.abs(hi) < 2.0**24, hi, hi - xp.trunc(hi / 2.0**24) * 2.0**24)
     return xp.astype(hi, f32), xp.astype(mid, f32), xp.astype(fa, f32), xp.astype(fb, f32)
 
 
@@ -436,9 +819,11 @@ def float64_tables(
     return RopeTables(xp.cos(angle), xp.sin(angle))
 
 
-def build_tables(xp, positions, head_dim, max_wavelength, pairs, scale_factor, dtype_name_: str) -> RopeTables:
-    build = exact_tables if dtype_name_ == "float32" else float64_tables
-    return quietly(xp, build, xp, positions, head_dim, max_wavelength, pairs, scale_factor)
+def build_tables(xp: Any, positions: Any, spec: TableSpec) -> RopeTables:
+    """The tables of spec (its dtype: float32 by exact_tables, float64 by float64_tables)."""
+    build = exact_tables if spec.dtype == "float32" else float64_tables
+    ladder = (spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    return quietly(xp, build, xp, positions, *ladder)
 
 
 def quietly(xp: Any, fn: Any, *args: Any) -> Any:
@@ -495,7 +880,49 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# argument checks of the public functions
+# rotation in blocks (mutable arrays): temporaries bounded by the block, whatever the input size
+
+BLOCK_BYTES = 1 << 21  # bytes of one rotated lane, in the computation dtype, per block
+
+
+def token_view(xp: Any, array: Any, rank: int, seq_axis: int, trailing: int) -> Any:
+    """positions (trailing=0) or a table (trailing=1) laid out against the inputs' axes (token_shape)."""
+    return xp.reshape(array, token_shape(tuple(array.shape), rank, seq_axis, trailing))
+
+
+def rotate_into(
+    xp: Any, out: Any, x: Any, pairs: int, pairing: str, compute: Any, block_tables: Callable[[Any], Any]
+) -> None:
+    """out's 2R rotated lanes = those of x turned by the tables block_tables(index) gives for each
+    block index of the token axes (token_blocks), computed in dtype compute and rounded once to
+    out's; out may be x (in place). NoPE lanes are not touched."""
+    if pairs == 0:
+        return
+    first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
+    width = 8 if compute == xp.float64 else 4
+    for index in token_blocks((*x.shape[:-1], pairs), width, BLOCK_BYTES):
+        cos, sin = block_tables(index)
+        o1, o2 = rotate_pairs(
+            xp.astype(x[(*index, ..., first)], compute), xp.astype(x[(*index, ..., second)], compute), cos, sin
+        )
+        out[(*index, ..., first)] = xp.astype(o1, out.dtype)
+        out[(*index, ..., second)] = xp.astype(o2, out.dtype)
+
+
+def position_blocks(xp: Any, positions: Any, spec: TableSpec, rank: int, seq_axis: int) -> Callable[[Any], Any]:
+    """block_tables for rotate_into: the tables of each block built from its positions."""
+    tokens = token_view(xp, positions, rank, seq_axis, 0)
+    return lambda index: build_tables(xp, tokens[block_of(index, tuple(tokens.shape))], spec)
+
+
+def table_blocks(xp: Any, tables: RopeTables, rank: int, seq_axis: int) -> Callable[[Any], Any]:
+    """block_tables for rotate_into: each block's part of precomputed tables."""
+    cos, sin = (token_view(xp, t, rank, seq_axis, 1) for t in tables)
+    return lambda index: (cos[block_of(index, tuple(cos.shape))], sin[block_of(index, tuple(sin.shape))])
+
+
+# ---------------------------------------------------------------------------------------------
+# memoized checks
 
 
 def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lambda: False) -> Callable[..., Any]:
@@ -515,64 +942,6 @@ def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lam
             return checks(*args)
 
     return call
-
-
-def check_apply_tables(
-    inputs: Any, tables: Any, pairing: str, seq_axis: int, argument: str = "inputs"
-) -> tuple[str, int]:
-    """Validate apply_p_rope_tables' arguments (SPEC.md, "Errors"); returns (pairing, seq_axis)."""
-    if not isinstance(tables, tuple) or len(tables) != 2:
-        raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
-    check_array(None, inputs, argument)
-    cos, sin = tables
-    return _checked_table_layout(
-        inputs.shape, inputs.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis, argument
-    )
-
-
-def table_layout_checks(
-    shape: Any, dtype: Any, cos_shape: Any, cos_dtype: Any, sin_shape: Any, pairing: Any, seq_axis: Any, argument: str
-) -> tuple[str, int]:
-    """check_apply_tables after the type checks, on everything the remaining checks read."""
-    head_dim = shape[-1] if len(shape) else 0
-    inputs_dtype = check_input_dtype(dtype_name(dtype), argument)
-    check_input_shape(tuple(shape), head_dim, argument)
-    pairing = check_pairing(pairing)
-    seq_axis = check_seq_axis(seq_axis)
-    check_tables(tuple(cos_shape), tuple(sin_shape), head_dim)
-    check_tables_dtype(dtype_name(cos_dtype), inputs_dtype)
-    check_positions_shape(tuple(cos_shape[:-1]), tuple(shape), seq_axis, "tables")
-    return pairing, seq_axis
-
-
-_checked_table_layout = memoized_checks(table_layout_checks)
-
-
-def prepare(
-    inputs: Any,
-    positions: object,
-    head_dim: object,
-    max_wavelength: object,
-    rope_percentage: object,
-    rotated_pairs: object,
-    scale_factor: object,
-    pairing: object,
-    seq_axis: object,
-    argument: str = "inputs",
-) -> tuple[Any, Any, tuple[int, float, int, float], str, int, str]:
-    """Every check of apply_p_rope, in SPEC.md's order, before any work.
-
-    Returns (xp, positions array, (H, w, R, scale), pairing, seq_axis, compute dtype name).
-    """
-    head_dim_ = check_head_dim(head_dim)
-    inputs_dtype = check_inputs(inputs, head_dim_, argument)
-    params = resolve(head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    pairing_ = check_pairing(pairing)
-    seq_axis_ = check_seq_axis(seq_axis)
-    xp = array_api_compat.array_namespace(inputs)
-    positions_ = as_positions(xp, positions, inputs)
-    check_positions_shape(tuple(positions_.shape), tuple(inputs.shape), seq_axis_)
-    return xp, positions_, params, pairing_, seq_axis_, compute_dtype_name(inputs_dtype)
 
 
 # ==============================================================================================
@@ -598,9 +967,6 @@ __all__ = [
     "rotated_pair_count",
 ]
 
-# (head_dim, max_wavelength, R, scale_factor, table dtype name): the static description of a table.
-_TableSpec = tuple[int, float, int, float, str]
-
 
 # ---------------------------------------------------------------------------------------------
 # argument handling (every check of SPEC.md "Errors" runs here, in Python, before any work;
@@ -611,33 +977,49 @@ def _x64_enabled() -> bool:
     return bool(jax.config.read("jax_enable_x64"))
 
 
-def _require_x64(name: str, argument: str) -> None:
-    if name == "float64" and not _x64_enabled():
-        raise TypeError(f"{argument} is float64, which JAX holds only with jax_enable_x64 on; got dtype {name}")
+def _is_array(value: object) -> bool:
+    return isinstance(value, jax.Array) or (hasattr(value, "shape") and hasattr(value, "dtype"))
 
 
-def _jax_inputs(value: Any, head_dim: int, argument: str) -> tuple[jax.Array, str]:
-    """inputs checked (type, dtype, shape) and as a jax.Array of the same dtype."""
-    name = check_inputs(value, head_dim, argument)
-    if not isinstance(value, jax.Array):
-        _require_x64(name, argument)
-        value = jnp.asarray(value)
-    return value, name
+def _meta(value: Any) -> ArrayMeta | NotAnArray:
+    """The metadata the checks read: dtype name, shape, and the devices of a concrete jax.Array."""
+    if not _is_array(value):
+        return NotAnArray(type(value).__name__)
+    concrete = isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+    devices = frozenset(value.devices()) if concrete else None
+    return ArrayMeta(dtype_name(value.dtype), tuple(value.shape), devices)
 
 
-def _jax_positions(positions: object, like: jax.Array | None) -> jax.Array:
-    """positions with their dtype checked (SPEC.md, "Positions"), as a jax.Array on the devices of
-    like. Non-JAX positions follow JAX's conversion rules (int64 -> int32, float64 -> float32 when
-    jax_enable_x64 is off)."""
-    name = dtype_name(positions.dtype) if isinstance(positions, jax.Array) else np.asarray(positions).dtype.name
-    if name == "bool" or not (is_integer_dtype(name) or name.startswith(("float", "bfloat"))):
-        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
-    check_positions_dtype(name, is_integer_dtype(name))
-    if not isinstance(positions, jax.Array):
-        return jnp.asarray(positions)
-    if like is None or isinstance(positions, jax.core.Tracer) or isinstance(like, jax.core.Tracer):
-        return positions
-    return _same_devices(positions, like)
+def _positions_meta(positions: object) -> ArrayMeta | BadPositions:
+    if isinstance(positions, jax.Array):
+        return ArrayMeta(dtype_name(positions.dtype), tuple(positions.shape))
+    if _is_array(positions):
+        array = np.asarray(positions)
+        return ArrayMeta(array.dtype.name, array.shape)
+    return python_positions(positions)
+
+
+def _jax_array(value: Any, argument: str) -> jax.Array:
+    """A checked array argument as a jax.Array (float64 data refused while jax_enable_x64 is off)."""
+    if isinstance(value, jax.Array):
+        return value
+    check_x64_dtype(dtype_name(value.dtype), argument, _x64_enabled())
+    return jnp.asarray(value)
+
+
+def _jax_positions(positions: object, meta: ArrayMeta, like: jax.Array | None) -> jax.Array:
+    """Checked positions as a jax.Array on the devices of like. Non-JAX positions follow JAX's
+    conversion rules (float64 -> float32 when jax_enable_x64 is off), except that 64-bit integers
+    beyond 32 bits are refused then, never wrapped."""
+    if isinstance(positions, jax.Array):
+        if like is None or isinstance(positions, jax.core.Tracer) or isinstance(like, jax.core.Tracer):
+            return positions
+        return _same_devices(positions, like)
+    array = np.asarray(positions, dtype=None if _is_array(positions) else meta.dtype)
+    if is_integer_dtype(meta.dtype) and array.dtype.itemsize == 8 and not _x64_enabled() and array.size:
+        narrow = "uint32" if meta.dtype.startswith("u") else "int32"
+        check_x64_positions(int(array.min()), int(array.max()), meta.dtype, narrow)
+    return jnp.asarray(array)
 
 
 def _same_devices(array: jax.Array, like: jax.Array) -> jax.Array:
@@ -652,26 +1034,9 @@ def _same_devices(array: jax.Array, like: jax.Array) -> jax.Array:
     return array  # jit reports devices it cannot reconcile
 
 
-def _table_spec(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, table_dtype) -> _TableSpec:
-    head_dim, w, pairs, scale = resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    _require_x64(table_dtype, "the table dtype")
-    return head_dim, w, pairs, scale, table_dtype
-
-
-def _prepare_apply(
-    inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, arg
-) -> tuple[jax.Array, jax.Array, _TableSpec, str, int]:
-    """The checks of apply_p_rope in the order of the array API backend (_core.prepare)."""
-    head_dim_ = check_head_dim(head_dim)
-    inputs_, inputs_dtype = _jax_inputs(inputs, head_dim_, arg)
-    spec = _table_spec(
-        head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor, compute_dtype_name(inputs_dtype)
-    )
-    pairing_ = check_pairing(pairing)
-    seq_axis_ = check_seq_axis(seq_axis)
-    positions_ = _jax_positions(positions, inputs_)
-    check_positions_shape(tuple(positions_.shape), tuple(inputs_.shape), seq_axis_)
-    return inputs_, positions_, spec, pairing_, seq_axis_
+def _checked_spec(spec: TableSpec) -> TableSpec:
+    check_x64_dtype(spec.dtype, "the table dtype", _x64_enabled())
+    return spec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -810,11 +1175,11 @@ def _fixed_point_tables(positions: jax.Array, head_dim: int, max_wavelength: flo
     return RopeTables(cos, sin)
 
 
-def _build_tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
-    head_dim, w, pairs, scale, dtype = spec
-    if dtype == "float64":
-        return float64_tables(jnp, positions, head_dim, w, pairs, scale)
-    return _fixed_point_tables(positions, head_dim, w, pairs, scale)
+def _build_tables(positions: jax.Array, spec: TableSpec) -> RopeTables:
+    ladder = (spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    if spec.dtype == "float64":
+        return float64_tables(jnp, positions, *ladder)
+    return _fixed_point_tables(positions, *ladder)
 
 
 def _own_fusion_on_cpu(fn: Any, witness: jax.Array, *args: Any) -> Any:
@@ -838,20 +1203,20 @@ def _own_fusion_on_cpu(fn: Any, witness: jax.Array, *args: Any) -> Any:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _tables(positions: jax.Array, spec: _TableSpec) -> RopeTables:
+def _tables(positions: jax.Array, spec: TableSpec) -> RopeTables:
     """The [..., L, R] tables, built once per call (on CPU in their own fusion: _own_fusion_on_cpu)."""
     return _own_fusion_on_cpu(functools.partial(_build_tables, spec=spec), positions, positions)
 
 
 @_tables.defjvp
-def _tables_jvp(spec: _TableSpec, primals: tuple, tangents: tuple) -> tuple[RopeTables, RopeTables]:
+def _tables_jvp(spec: TableSpec, primals: tuple, tangents: tuple) -> tuple[RopeTables, RopeTables]:
     """d cos = -sin * freq * dp, d sin = cos * freq * dp: the exact derivative in float positions."""
     (positions,), (dp,) = primals, tangents
     tables = _tables(positions, spec)
-    head_dim, w, pairs, scale, _ = spec
     if is_integer_dtype(dtype_name(positions.dtype)):
         return tables, RopeTables(jnp.zeros_like(tables.cos), jnp.zeros_like(tables.sin))
-    freq = jnp.asarray(frequency_values(head_dim, w, pairs, scale)[:pairs], dtype=tables.cos.dtype)
+    values = frequency_values(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    freq = jnp.asarray(values[: spec.pairs], dtype=tables.cos.dtype)
     d_angle = dp.astype(tables.cos.dtype)[..., None] * freq
     return tables, RopeTables(-tables.sin * d_angle, tables.cos * d_angle)
 
@@ -982,7 +1347,7 @@ _rotate.defvjp(_rotate_fwd, _rotate_bwd, symbolic_zeros=True)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _tables_jit(positions: jax.Array, spec: _TableSpec) -> RopeTables:
+def _tables_jit(positions: jax.Array, spec: TableSpec) -> RopeTables:
     return _tables(positions, spec)
 
 
@@ -992,14 +1357,14 @@ def _apply_tables_jit(inputs: jax.Array, cos: jax.Array, sin: jax.Array, pairing
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pairing", "seq_axis"))
-def _apply_jit(inputs: jax.Array, positions: jax.Array, spec: _TableSpec, pairing: str, seq_axis: int) -> jax.Array:
+def _apply_jit(inputs: jax.Array, positions: jax.Array, spec: TableSpec, pairing: str, seq_axis: int) -> jax.Array:
     cos, sin = _tables(positions, spec)
     return _rotate(inputs, cos, sin, pairing, seq_axis)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "pairing", "seq_axis"))
 def _apply_qk_jit(
-    q: jax.Array, k: jax.Array, positions: jax.Array, spec: _TableSpec, pairing: str, seq_axis: int
+    q: jax.Array, k: jax.Array, positions: jax.Array, spec: TableSpec, pairing: str, seq_axis: int
 ) -> tuple[jax.Array, jax.Array]:
     cos, sin = _tables(positions, spec)
     return _rotate(q, cos, sin, pairing, seq_axis), _rotate(k, cos, sin, pairing, seq_axis)
@@ -1019,10 +1384,11 @@ def frequencies(
     dtype: Any = None,
 ) -> jax.Array:
     """The [H/2] angular frequencies, 0 for NoPE pairs (float32 unless dtype says float64)."""
-    head_dim, w, pairs, scale = resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    spec = check_table_request(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, "float32")
     name = table_dtype_name(dtype)
-    _require_x64(name, "dtype")
-    return jnp.asarray(frequency_values(head_dim, w, pairs, scale), dtype=name)
+    check_x64_dtype(name, "dtype", _x64_enabled())
+    values = frequency_values(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    return jnp.asarray(values, dtype=name)
 
 
 def p_rope_tables(
@@ -1037,24 +1403,24 @@ def p_rope_tables(
 ) -> RopeTables:
     """cos/sin tables of shape positions.shape + (R,), float32 (exact reduction) unless dtype is
     float64; reusable for q and k and across layers (apply_p_rope_tables)."""
-    check_array(None, positions, "positions")
-    positions_ = _jax_positions(positions, None)
-    spec = _table_spec(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, table_dtype_name(dtype))
-    return _tables_jit(positions_, spec)
+    meta = check_positions(_positions_meta(positions) if _is_array(positions) else NotAnArray(type(positions).__name__))
+    spec = check_table_request(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, "float32")
+    spec = _checked_spec(spec._replace(dtype=table_dtype_name(dtype)))
+    return _tables_jit(_jax_positions(positions, meta, None), spec)
 
 
 def apply_p_rope_tables(
     inputs: Any, tables: RopeTables, *, pairing: str = "split_half", seq_axis: int = -3
 ) -> jax.Array:
     """Rotate inputs [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2) by precomputed tables."""
-    pairing, seq_axis = check_apply_tables(inputs, tables, pairing, seq_axis)
-    if not isinstance(inputs, jax.Array):
-        _require_x64(dtype_name(inputs.dtype), "inputs")
-        inputs = jnp.asarray(inputs)
-    cos, sin = (t if isinstance(t, jax.Array) else jnp.asarray(t) for t in tables)
+    check_tables_type(tables)
+    cos, sin = (t if _is_array(t) else np.asarray(t) for t in tables)
+    layout = check_apply_tables(_meta(inputs), _meta(cos), _meta(sin), pairing, seq_axis)
+    inputs = _jax_array(inputs, "inputs")
+    cos, sin = (t if isinstance(t, jax.Array) else jnp.asarray(t) for t in (cos, sin))
     if not isinstance(inputs, jax.core.Tracer):
         cos, sin = (t if isinstance(t, jax.core.Tracer) else _same_devices(t, inputs) for t in (cos, sin))
-    return _apply_tables_jit(inputs, cos, sin, pairing, seq_axis)
+    return _apply_tables_jit(inputs, cos, sin, layout.pairing, layout.seq_axis)
 
 
 def apply_p_rope(
@@ -1071,19 +1437,14 @@ def apply_p_rope(
 ) -> jax.Array:
     """p-RoPE of inputs [B..., L, N, H] (seq_axis=-3) or [B..., N, L, H] (seq_axis=-2) at positions
     broadcastable to [B..., L]; a new array of the input's dtype, shape and sharding."""
-    inputs_, positions_, spec, pairing_, seq_axis_ = _prepare_apply(
-        inputs,
-        positions,
-        head_dim,
-        max_wavelength,
-        rope_percentage,
-        rotated_pairs,
-        scale_factor,
-        pairing,
-        seq_axis,
-        "inputs",
+    meta = _positions_meta(positions)
+    params = check_call(
+        _meta(inputs), meta, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
-    return _apply_jit(inputs_, positions_, spec, pairing_, seq_axis_)
+    inputs_ = _jax_array(inputs, "inputs")
+    spec = _checked_spec(params.spec)
+    positions_ = _jax_positions(positions, meta, inputs_)  # type: ignore[arg-type]
+    return _apply_jit(inputs_, positions_, spec, params.pairing, params.seq_axis)
 
 
 def apply_p_rope_qk(
@@ -1100,11 +1461,20 @@ def apply_p_rope_qk(
     seq_axis: int = -3,
 ) -> tuple[jax.Array, jax.Array]:
     """apply_p_rope of q and of k (heads may differ; batch axes and L may not), one table build."""
-    q_, positions_, spec, pairing_, seq_axis_ = _prepare_apply(
-        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    meta = _positions_meta(positions)
+    params: CallParams = check_qk_call(
+        _meta(q),
+        _meta(k),
+        meta,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        pairing,
+        seq_axis,
     )
-    k_, k_dtype = _jax_inputs(k, spec[0], "k")
-    check_same_batch(tuple(q_.shape), tuple(k_.shape), seq_axis_)
-    if compute_dtype_name(k_dtype) == "float64":
-        spec = (*spec[:4], "float64")
-    return _apply_qk_jit(q_, k_, positions_, spec, pairing_, seq_axis_)
+    q_, k_ = _jax_array(q, "q"), _jax_array(k, "k")
+    spec = _checked_spec(params.spec)
+    positions_ = _jax_positions(positions, meta, q_)  # type: ignore[arg-type]
+    return _apply_qk_jit(q_, k_, positions_, spec, params.pairing, params.seq_axis)

@@ -62,6 +62,7 @@ from __future__ import annotations
 # from spec/_params.py
 # ==============================================================================================
 import functools
+import itertools
 import math
 import numbers
 from decimal import Decimal, localcontext
@@ -88,6 +89,64 @@ class RopeTables(NamedTuple):
     sin: Any
 
 
+_INT64_LIMIT = 1 << 63
+_REPR_CHARS = 60  # a value shown in a message is cut to this many characters
+
+
+class ArrayMeta(NamedTuple):
+    """What the checks read of an array argument (inputs, q, k, positions, a table): its dtype
+    name ('float32', 'bfloat16', 'int64', 'bool', 'object', ...), its shape and, where a check
+    compares it, its device (any value with ==; None where it does not matter)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    device: Any = None
+
+
+class NotAnArray(NamedTuple):
+    """An argument that is not an array of the implementation's library: the name of its type and
+    what was expected ("an array", "a numpy.ndarray", "a torch.Tensor")."""
+
+    type_name: str
+    expected: str = "an array"
+
+
+class BadPositions(NamedTuple):
+    """Positions given as Python values that no array holds as SPEC.md says: a ragged nested
+    sequence (problem "ragged"), or an int beyond the widest integer (problem "int{bits}")."""
+
+    problem: str
+    value: str
+
+
+class TableSpec(NamedTuple):
+    """Everything a table depends on: H, w, R, s and the table (computation) dtype name."""
+
+    head_dim: int
+    max_wavelength: float
+    pairs: int
+    scale_factor: float
+    dtype: str
+
+
+class CallParams(NamedTuple):
+    """The checked parameters of one apply_p_rope / apply_p_rope_ / apply_p_rope_qk call."""
+
+    spec: TableSpec
+    pairing: str
+    seq_axis: int
+
+
+class Layout(NamedTuple):
+    """The checked layout of one apply_p_rope_tables call: R and the computation dtype come from
+    the tables."""
+
+    pairing: str
+    seq_axis: int
+    pairs: int
+    dtype: str
+
+
 def _is_real_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -96,12 +155,25 @@ def _is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_CHARS else text[: _REPR_CHARS - 3] + "..."
+
+
+def _as_float(value: object) -> float:
+    """float(value); inf (of value's sign) for a real too large for binary64 (a huge int or Fraction)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+
+
 def check_head_dim(head_dim: object) -> int:
     if not _is_integer(head_dim):
-        raise TypeError(f"head_dim must be an int; got {head_dim!r} of type {type(head_dim).__name__}")
+        raise TypeError(f"head_dim must be an int; got {_short(head_dim)} of type {type(head_dim).__name__}")
     value = int(head_dim)  # type: ignore[call-overload]
     if value <= 0 or value % 2:
-        raise ValueError(f"head_dim must be a positive even integer; got {value}")
+        raise ValueError(f"head_dim must be a positive even integer; got {_short(value)}")
     return value
 
 
@@ -109,11 +181,11 @@ def check_rope_percentage(rope_percentage: object) -> float:
     if not _is_real_number(rope_percentage):
         raise TypeError(
             "rope_percentage must be a real number in [0, 1]; "
-            f"got {rope_percentage!r} of type {type(rope_percentage).__name__}"
+            f"got {_short(rope_percentage)} of type {type(rope_percentage).__name__}"
         )
-    value = float(rope_percentage)  # type: ignore[arg-type]
+    value = _as_float(rope_percentage)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"rope_percentage must be in [0, 1]; got {rope_percentage!r}")
+        raise ValueError(f"rope_percentage must be in [0, 1]; got {_short(rope_percentage)}")
     return value
 
 
@@ -131,16 +203,16 @@ def resolve_rotated_pairs(head_dim: int, rope_percentage: object, rotated_pairs:
         return rotated_pair_count(head_dim, check_rope_percentage(rope_percentage))
     if not _is_integer(rotated_pairs):
         raise TypeError(
-            f"rotated_pairs must be an int or None; got {rotated_pairs!r} of type {type(rotated_pairs).__name__}"
+            f"rotated_pairs must be an int or None; got {_short(rotated_pairs)} of type {type(rotated_pairs).__name__}"
         )
     count = int(rotated_pairs)  # type: ignore[call-overload]
     if not 0 <= count <= head_dim // 2:
-        raise ValueError(f"rotated_pairs must be in [0, head_dim // 2] = [0, {head_dim // 2}]; got {count}")
+        raise ValueError(f"rotated_pairs must be in [0, head_dim // 2] = [0, {head_dim // 2}]; got {_short(count)}")
     check_rope_percentage(rope_percentage)
     if rope_percentage != 1.0:
         raise ValueError(
             "give either rope_percentage or rotated_pairs, not both; "
-            f"got rope_percentage={rope_percentage!r} and rotated_pairs={count}"
+            f"got rope_percentage={_short(rope_percentage)} and rotated_pairs={count}"
         )
     return count
 
@@ -148,34 +220,50 @@ def resolve_rotated_pairs(head_dim: int, rope_percentage: object, rotated_pairs:
 def check_max_wavelength(max_wavelength: object) -> float:
     if not _is_real_number(max_wavelength):
         raise TypeError(
-            f"max_wavelength must be a real number; got {max_wavelength!r} of type {type(max_wavelength).__name__}"
+            "max_wavelength must be a real number; "
+            f"got {_short(max_wavelength)} of type {type(max_wavelength).__name__}"
         )
-    value = float(max_wavelength)  # type: ignore[arg-type]
+    value = _as_float(max_wavelength)
     if not (math.isfinite(value) and value > 0.0):
-        raise ValueError(f"max_wavelength must be finite and > 0; got {max_wavelength!r}")
+        raise ValueError(f"max_wavelength must be finite and > 0; got {_short(max_wavelength)}")
     return value
 
 
 def check_scale_factor(scale_factor: object) -> float:
     if not _is_real_number(scale_factor):
         raise TypeError(
-            f"scale_factor must be a real number >= 1; got {scale_factor!r} of type {type(scale_factor).__name__}"
+            f"scale_factor must be a real number >= 1; got {_short(scale_factor)} of type {type(scale_factor).__name__}"
         )
-    value = float(scale_factor)  # type: ignore[arg-type]
+    value = _as_float(scale_factor)
     if not (math.isfinite(value) and value >= 1.0):
-        raise ValueError(f"scale_factor must be finite and >= 1; got {scale_factor!r}")
+        raise ValueError(f"scale_factor must be finite and >= 1; got {_short(scale_factor)}")
     return value
 
 
+def check_frequencies_finite(head_dim: int, max_wavelength: float, pairs: int, scale_factor: float) -> None:
+    """The highest rotated frequency must be a finite binary64 number (only w < 1 can break this:
+    freq_i = w ** (-2 i / H) / s grows with i there)."""
+    if max_wavelength >= 1.0 or pairs < 2:
+        return
+    if math.isinf(frequency_values(head_dim, max_wavelength, pairs, scale_factor)[pairs - 1]):
+        raise ValueError(
+            f"max_wavelength={max_wavelength!r} with head_dim={head_dim} and {pairs} rotated pairs makes "
+            f"freq_{pairs - 1} = max_wavelength ** (-2 i / head_dim) / scale_factor overflow float64; "
+            "use a larger max_wavelength or fewer rotated pairs"
+        )
+
+
 def check_pairing(pairing: object) -> str:
-    if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {PAIRINGS}; got {pairing!r}")
-    return str(pairing)
+    if not isinstance(pairing, str) or pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}; got {_short(pairing)}")
+    return pairing
 
 
 def check_seq_axis(seq_axis: object) -> int:
     if not _is_integer(seq_axis) or seq_axis not in SEQ_AXES:
-        raise ValueError(f"seq_axis must be -3 (inputs [..., L, N, H]) or -2 (inputs [..., N, L, H]); got {seq_axis!r}")
+        raise ValueError(
+            f"seq_axis must be -3 (inputs [..., L, N, H]) or -2 (inputs [..., N, L, H]); got {_short(seq_axis)}"
+        )
     return int(seq_axis)  # type: ignore[call-overload]
 
 
@@ -185,13 +273,105 @@ def check_input_dtype(name: str, argument: str = "inputs") -> str:
     return name
 
 
-def check_positions_dtype(name: str, is_integer: bool) -> str:
-    if is_integer or name in POSITION_FLOAT_DTYPES:
+def check_array(meta: ArrayMeta | NotAnArray, argument: str) -> ArrayMeta:
+    """meta itself for an array; SPEC.md's "not an array" TypeError otherwise."""
+    if isinstance(meta, NotAnArray):
+        raise TypeError(f"{argument} must be {meta.expected}; got {meta.type_name}")
+    return meta
+
+
+def check_inputs(meta: ArrayMeta | NotAnArray, head_dim: int, argument: str = "inputs") -> ArrayMeta:
+    """Type, dtype and shape of inputs (row 2 of SPEC.md's errors)."""
+    array = check_array(meta, argument)
+    check_input_dtype(array.dtype, argument)
+    check_input_shape(array.shape, head_dim, argument)
+    return array
+
+
+def is_integer_dtype(name: str) -> bool:
+    return name.startswith(("int", "uint"))
+
+
+def check_positions_dtype(name: str) -> str:
+    if is_integer_dtype(name) or name in POSITION_FLOAT_DTYPES:
         return name
-    raise TypeError(
-        "positions must have an integer dtype or float32/float64 "
-        f"(16-bit floats cannot hold positions above 2048 exactly); got dtype {name}"
-    )
+    if name in ("float16", "bfloat16"):
+        raise TypeError(
+            "positions must have an integer dtype or float32/float64 "
+            f"(16-bit floats cannot hold positions above 2048 exactly); got dtype {name}"
+        )
+    raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
+
+
+def check_positions(meta: ArrayMeta | NotAnArray | BadPositions) -> ArrayMeta:
+    """Positions' type, values given as Python numbers, and dtype (row 8 of SPEC.md's errors)."""
+    if isinstance(meta, BadPositions):
+        if meta.problem == "ragged":
+            raise ValueError(
+                f"positions must be an array or a nested sequence of numbers of one shape; got the ragged {meta.value}"
+            )
+        bits = int(meta.problem.removeprefix("int"))
+        raise ValueError(
+            f"positions given as Python ints must lie in [-2**{bits - 1}, 2**{bits - 1}) (int{bits}); got {meta.value}"
+        )
+    array = check_array(meta, "positions")
+    check_positions_dtype(array.dtype)
+    return array
+
+
+def check_x64_dtype(name: str, argument: str, x64: bool) -> None:
+    """A float64 array handed to JAX while jax_enable_x64 is off (JAX would make it float32)."""
+    if name == "float64" and not x64:
+        raise TypeError(f"{argument} is float64, which JAX holds only with jax_enable_x64 on; got dtype {name}")
+
+
+def check_x64_positions(low: int, high: int, name: str, target: str) -> None:
+    """Integer positions of dtype name in [low, high] must fit target, the dtype JAX turns them into
+    with jax_enable_x64 off (never wrapped)."""
+    bits = int(target.removeprefix("u").removeprefix("int"))
+    lo, hi = (0, 1 << bits) if target.startswith("u") else (-(1 << (bits - 1)), 1 << (bits - 1))
+    if low < lo or high >= hi:
+        value = low if low < lo else high
+        raise ValueError(
+            f"positions of dtype {name} hold {value}, beyond {target}, the widest integer JAX holds with "
+            "jax_enable_x64 off; enable jax_enable_x64 or pass positions in "
+            f"[{lo}, {hi})"
+        )
+
+
+def _nested_shape(value: object, leaves: list[object]) -> tuple[int, ...] | None:
+    """The shape of a nested list/tuple of scalars (appending its leaves), None if ragged."""
+    if not isinstance(value, (list, tuple)):
+        leaves.append(value)
+        return ()
+    shapes = {_nested_shape(item, leaves) for item in value}
+    if len(shapes) > 1 or None in shapes:
+        return None
+    inner = shapes.pop() if shapes else ()
+    return None if inner is None else (len(value), *inner)
+
+
+def python_positions(value: object, int_bits: int = 64) -> ArrayMeta | BadPositions:
+    """Metadata of positions given as a Python number or nested list/tuple of numbers: the dtype
+    they become (bool, int{int_bits} for ints, float64 for reals, "object" for anything else) and
+    their shape; ragged nesting and ints beyond int{int_bits} are BadPositions."""
+    leaves: list[object] = []
+    shape = _nested_shape(value, leaves)
+    if shape is None:
+        return BadPositions("ragged", f"{type(value).__name__} {_short(value)}")
+    if not all(isinstance(leaf, numbers.Number) for leaf in leaves):
+        return ArrayMeta("object", shape)
+    limit = 1 << (int_bits - 1)
+    for leaf in leaves:
+        if _is_integer(leaf) and not -limit <= int(leaf) < limit:  # type: ignore[call-overload]
+            return BadPositions(f"int{int_bits}", _short(int(leaf)))  # type: ignore[call-overload]
+    if not all(isinstance(leaf, numbers.Real) for leaf in leaves):
+        return ArrayMeta("complex128", shape)
+    if leaves and all(isinstance(leaf, bool) for leaf in leaves):
+        return ArrayMeta("bool", shape)
+    if leaves and all(isinstance(leaf, numbers.Integral) for leaf in leaves):
+        return ArrayMeta(f"int{int_bits}", shape)
+    return ArrayMeta("float64", shape)
 
 
 def check_input_shape(shape: tuple[int, ...], head_dim: int, argument: str = "inputs") -> None:
@@ -226,9 +406,16 @@ def check_positions_shape(
     return target
 
 
+def check_tables_type(tables: object) -> None:
+    if not isinstance(tables, tuple) or len(tables) != 2:
+        raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
+
+
 def check_tables(cos_shape: tuple[int, ...], sin_shape: tuple[int, ...], head_dim: int) -> int:
     if tuple(cos_shape) != tuple(sin_shape):
-        raise ValueError(f"tables.cos and tables.sin must have the same shape; got {cos_shape} and {sin_shape}")
+        raise ValueError(
+            f"tables.cos and tables.sin must have the same shape; got {tuple(cos_shape)} and {tuple(sin_shape)}"
+        )
     if len(cos_shape) < 1 or cos_shape[-1] > head_dim // 2:
         raise ValueError(
             f"tables must have shape [..., L, R] with R <= head_dim // 2 = {head_dim // 2}; got {tuple(cos_shape)}"
@@ -236,11 +423,21 @@ def check_tables(cos_shape: tuple[int, ...], sin_shape: tuple[int, ...], head_di
     return int(cos_shape[-1])
 
 
-def check_tables_dtype(tables_dtype: str, inputs_dtype: str) -> None:
-    if tables_dtype not in POSITION_FLOAT_DTYPES:
-        raise TypeError(f"tables must be float32 or float64; got dtype {tables_dtype}")
-    if inputs_dtype == "float64" and tables_dtype != "float64":
+def check_tables_dtype(cos_dtype: str, sin_dtype: str, inputs_dtype: str) -> str:
+    if cos_dtype not in POSITION_FLOAT_DTYPES:
+        raise TypeError(f"tables must be float32 or float64; got dtype {cos_dtype}")
+    if sin_dtype != cos_dtype:
+        raise TypeError(f"tables.cos and tables.sin must have the same dtype; got {cos_dtype} and {sin_dtype}")
+    if inputs_dtype == "float64" and cos_dtype != "float64":
         raise TypeError("tables are float32 but inputs are float64; build the tables with dtype float64")
+    return cos_dtype
+
+
+def check_table_dtype(name: str) -> str:
+    """The dtype of p_rope_tables or frequencies (row D of SPEC.md's errors)."""
+    if name not in POSITION_FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64; got {name}")
+    return name
 
 
 def check_same_batch(q_shape: tuple[int, ...], k_shape: tuple[int, ...], seq_axis: int) -> None:
@@ -248,6 +445,174 @@ def check_same_batch(q_shape: tuple[int, ...], k_shape: tuple[int, ...], seq_axi
         raise ValueError(
             f"q of shape {tuple(q_shape)} and k of shape {tuple(k_shape)} must share their batch axes and L"
         )
+
+
+def check_writable(writable: bool, argument: str = "inputs") -> None:
+    if not writable:
+        raise ValueError(f"{argument} is read-only; apply_p_rope_ writes into it")
+
+
+def check_no_overlap(shape: tuple[int, ...], strides: tuple[int, ...], argument: str = "inputs") -> None:
+    """In-place writes need every element at its own address. Strides in elements (any sign) are
+    accepted when, sorted by magnitude, each exceeds the span of the smaller ones (which proves that
+    no two elements share an address); a stride-0 broadcast, an expanded view or overlapping
+    as_strided windows are refused (and so, conservatively, are the rare interleaved layouts that
+    this test cannot prove free of overlap)."""
+    if any(size == 0 for size in shape):
+        return
+    reach = 0  # the largest offset spanned by the axes of smaller strides
+    for stride, size in sorted((abs(st), n) for n, st in zip(shape, strides, strict=True) if n > 1):
+        if stride <= reach:
+            raise ValueError(
+                f"{argument} has shape {tuple(shape)} and strides {tuple(strides)} (in elements), under which "
+                "elements may share memory (an expanded or stride-0 view, overlapping windows); apply_p_rope_ "
+                "cannot write into it: pass a copy, or use apply_p_rope"
+            )
+        reach += stride * (size - 1)
+
+
+def check_same_device(q_device: object, k_device: object) -> None:
+    if q_device is not None and k_device is not None and q_device != k_device:
+        raise ValueError(f"q and k must be on the same device; got {q_device} and {k_device}")
+
+
+def compute_dtype_name(*inputs_dtypes: str) -> str:
+    """float64 if any input is float64, else float32 (float16, bfloat16, float32 compute in float32)."""
+    return "float64" if "float64" in inputs_dtypes else "float32"
+
+
+def _table_spec(
+    head_dim: int,
+    max_wavelength: object,
+    rope_percentage: object,
+    rotated_pairs: object,
+    scale_factor: object,
+    dtype: str,
+) -> TableSpec:
+    """Rows 3, 4 and 5 of SPEC.md's errors, head_dim being checked."""
+    pairs = resolve_rotated_pairs(head_dim, rope_percentage, rotated_pairs)
+    w = check_max_wavelength(max_wavelength)
+    scale = check_scale_factor(scale_factor)
+    check_frequencies_finite(head_dim, w, pairs, scale)
+    return TableSpec(head_dim, w, pairs, scale, dtype)
+
+
+def check_table_request(
+    head_dim: object,
+    max_wavelength: object,
+    rope_percentage: object,
+    rotated_pairs: object,
+    scale_factor: object,
+    dtype: str = "float64",
+) -> TableSpec:
+    """Every check of frequencies and p_rope_tables (after positions): rows 1, 3, 4, 5, then D."""
+    spec = _table_spec(check_head_dim(head_dim), max_wavelength, rope_percentage, rotated_pairs, scale_factor, dtype)
+    check_table_dtype(dtype)
+    return spec
+
+
+def check_call(
+    inputs: ArrayMeta | NotAnArray,
+    positions: ArrayMeta | NotAnArray | BadPositions,
+    head_dim: object,
+    max_wavelength: object,
+    rope_percentage: object,
+    rotated_pairs: object,
+    scale_factor: object,
+    pairing: object,
+    seq_axis: object,
+    argument: str = "inputs",
+) -> CallParams:
+    """Every check of apply_p_rope and apply_p_rope_ (rows 1 to 9 of SPEC.md's errors, in order),
+    on the metadata of the arrays; the table dtype is the computation dtype of the inputs."""
+    head_dim_ = check_head_dim(head_dim)
+    array = check_inputs(inputs, head_dim_, argument)
+    spec = _table_spec(
+        head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor, compute_dtype_name(array.dtype)
+    )
+    pairing_ = check_pairing(pairing)
+    seq_axis_ = check_seq_axis(seq_axis)
+    check_positions_shape(check_positions(positions).shape, array.shape, seq_axis_)
+    return CallParams(spec, pairing_, seq_axis_)
+
+
+def check_qk_call(
+    q: ArrayMeta | NotAnArray,
+    k: ArrayMeta | NotAnArray,
+    positions: ArrayMeta | NotAnArray | BadPositions,
+    head_dim: object,
+    max_wavelength: object,
+    rope_percentage: object,
+    rotated_pairs: object,
+    scale_factor: object,
+    pairing: object,
+    seq_axis: object,
+) -> CallParams:
+    """Every check of apply_p_rope_qk: rows 1 to 9 on q and positions, row 2 on k, qk-batch, qk-device.
+    The table dtype is float64 if q or k is float64."""
+    params = check_call(
+        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    )
+    q_, k_ = check_array(q, "q"), check_inputs(k, params.spec.head_dim, "k")
+    check_same_batch(q_.shape, k_.shape, params.seq_axis)
+    check_same_device(q_.device, k_.device)
+    return params._replace(spec=params.spec._replace(dtype=compute_dtype_name(q_.dtype, k_.dtype)))
+
+
+def check_apply_tables(
+    inputs: ArrayMeta | NotAnArray, cos: ArrayMeta, sin: ArrayMeta, pairing: object, seq_axis: object
+) -> Layout:
+    """Every check of apply_p_rope_tables after tables-type: row 2 (H from the inputs' last axis, which
+    must be a valid head_dim), rows 6 and 7, then T2, T3, T4."""
+    array = check_array(inputs, "inputs")
+    head_dim = array.shape[-1] if array.shape else 0
+    check_inputs(array, head_dim)
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"inputs' last axis (H) must be a positive even head_dim; got shape {tuple(array.shape)}")
+    pairing_ = check_pairing(pairing)
+    seq_axis_ = check_seq_axis(seq_axis)
+    pairs = check_tables(cos.shape, sin.shape, head_dim)
+    dtype = check_tables_dtype(cos.dtype, sin.dtype, array.dtype)
+    check_positions_shape(tuple(cos.shape[:-1]), array.shape, seq_axis_, "tables")
+    return Layout(pairing_, seq_axis_, pairs, dtype)
+
+
+def token_blocks(shape: tuple[int, ...], bytes_per_element: int, budget: int) -> list[tuple[Any, ...]]:
+    """Index tuples (ints for the leading axes, then one slice) that cut an array of ``shape`` into
+    blocks of about ``budget`` bytes at ``bytes_per_element`` bytes per element, its last axis kept
+    whole (a block is at least one row of it). The blocks cover the array once, in order; an array
+    within the budget is one block, the index ()."""
+    axes = tuple(shape[:-1])
+    row = bytes_per_element * (shape[-1] if shape else 1)
+    inner, cut = max(1, row), len(axes)
+    while cut > 0 and inner * axes[cut - 1] <= budget:
+        inner *= axes[cut - 1]
+        cut -= 1
+    if cut == 0:
+        return [()]
+    rows = max(1, budget // inner)
+    return [
+        (*lead, slice(start, start + rows))
+        for lead in itertools.product(*(range(n) for n in axes[: cut - 1]))
+        for start in range(0, axes[cut - 1], rows)
+    ]
+
+
+def token_shape(shape: tuple[int, ...], rank: int, seq_axis: int, trailing: int) -> tuple[int, ...]:
+    """The shape of positions [B'..., L] (trailing=0) or of a table [B'..., L, R] (trailing=1) laid
+    out against inputs of rank ``rank``: leading axes of size 1 added, and a heads axis of size 1
+    after L (seq_axis=-3) or before it (seq_axis=-2); a scalar position has L = 1."""
+    shape = (1,) * (1 + trailing - len(shape)) + tuple(shape)
+    lead, tail = shape[: len(shape) - trailing], shape[len(shape) - trailing :]
+    tokens = (*lead, 1) if seq_axis == -3 else (*lead[:-1], 1, lead[-1])
+    return (1,) * (rank - 1 - len(tokens)) + tokens + tail
+
+
+def block_of(index: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """A block index of the inputs' token axes (token_blocks) for an array of ``shape`` laid out by
+    token_shape: an axis of size 1 (broadcast) is taken whole; the remaining axes by an Ellipsis."""
+    picked = ((slice(None) if isinstance(i, slice) else 0) if n == 1 else i for i, n in zip(index, shape, strict=False))
+    return (*picked, Ellipsis)
 
 
 @functools.lru_cache(maxsize=256)
@@ -325,55 +690,56 @@ def dtype_name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1].strip("'>")
 
 
-def is_integer_dtype(name: str) -> bool:
-    return name.startswith(("int", "uint"))
-
-
-def check_array(xp: Any, value: object, argument: str) -> None:
+def array_meta(value: Any, expected: str = "an array") -> ArrayMeta | NotAnArray:
+    """What the checks of p_rope._params read of an array argument (dtype name, shape, device)."""
     if not array_api_compat.is_array_api_obj(value):
-        raise TypeError(f"{argument} must be an array; got {type(value).__name__}")
+        return NotAnArray(type(value).__name__, expected)
+    return ArrayMeta(dtype_name(value.dtype), tuple(value.shape), array_api_compat.device(value))
 
 
-def check_inputs(value: Any, head_dim: int, argument: str = "inputs") -> str:
-    """Type, dtype and shape of inputs (SPEC.md, "Errors"); returns its dtype name."""
-    if not array_api_compat.is_array_api_obj(value):
-        raise TypeError(f"{argument} must be an array; got {type(value).__name__}")
-    name = check_input_dtype(dtype_name(value.dtype), argument)
-    check_input_shape(tuple(value.shape), head_dim, argument)
-    return name
+def _integer_bits(xp: Any) -> int:
+    """The width of xp's default integer (32 for JAX with jax_enable_x64 off, 64 elsewhere)."""
+    return int(xp.iinfo(xp.__array_namespace_info__().default_dtypes()["integral"]).bits)
 
 
-def as_positions(xp: Any, positions: Any, like: Any) -> Any:
-    """positions as an array on like's device, with its dtype checked (SPEC.md, "Positions")."""
-    if not array_api_compat.is_array_api_obj(positions):
-        positions = xp.asarray(positions)
-    name = dtype_name(positions.dtype)
-    if name == "bool" or not (is_integer_dtype(name) or name.startswith(("float", "bfloat"))):
-        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
-    check_positions_dtype(name, is_integer_dtype(name))
+def positions_meta(xp: Any, positions: Any) -> ArrayMeta | BadPositions:
+    """The metadata of positions: an array's own, or that of the array xp makes of Python values."""
+    if array_api_compat.is_array_api_obj(positions):
+        return ArrayMeta(dtype_name(positions.dtype), tuple(positions.shape))
+    return python_positions(positions, _integer_bits(xp))
+
+
+def as_positions(xp: Any, positions: Any, meta: ArrayMeta, like: Any) -> Any:
+    """Checked positions as an array of xp on like's device (SPEC.md, "Positions"): Python values
+    in meta's dtype; another library's array through xp.asarray, its integers never wrapped."""
     device = array_api_compat.device(like)
+    if not array_api_compat.is_array_api_obj(positions):
+        return xp.asarray(positions, dtype=getattr(xp, meta.dtype), device=device)
+    source = array_api_compat.array_namespace(positions)
+    if source is not xp:
+        converted = xp.asarray(positions, device=device)
+        name = dtype_name(converted.dtype)
+        if name != meta.dtype and is_integer_dtype(meta.dtype) and positions.size:
+            low, high = int(source.min(positions)), int(source.max(positions))
+            check_x64_positions(low, high, meta.dtype, name)
+        return converted
     if array_api_compat.device(positions) != device:
         positions = array_api_compat.to_device(positions, device)
     return positions
 
 
-def resolve(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor) -> tuple[int, float, int, float]:
-    """Checked (head_dim, max_wavelength, R, scale_factor)."""
-    head_dim = check_head_dim(head_dim)
-    pairs = resolve_rotated_pairs(head_dim, rope_percentage, rotated_pairs)
-    return head_dim, check_max_wavelength(max_wavelength), pairs, check_scale_factor(scale_factor)
-
-
-def compute_dtype_name(inputs_dtype: str) -> str:
-    """float64 inputs compute in float64; float16, bfloat16 and float32 in float32."""
-    return "float64" if inputs_dtype == "float64" else "float32"
-
-
 def table_dtype_name(dtype: object) -> str:
-    name = "float32" if dtype is None else dtype_name(dtype)
-    if name not in POSITION_FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64; got {name}")
-    return name
+    """The checked name of a table dtype argument (None: float32)."""
+    return check_table_dtype("float32" if dtype is None else dtype_name(dtype))
+
+
+def element_strides(x: Any) -> tuple[int, ...]:
+    """x's strides in elements (torch, NumPy, array-api-strict over NumPy)."""
+    stride = getattr(x, "stride", None)
+    if callable(stride):
+        return tuple(stride())
+    array = x if hasattr(x, "strides") else getattr(x, "_array", x)
+    return tuple(step // array.itemsize for step in array.strides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,14 +751,30 @@ def _frac(xp: Any, t: Any) -> Any:
     return t - xp.round(t)
 
 
+def _wide_integers(xp: Any, positions: Any) -> Any:
+    """Integer positions in a dtype in which p // 4096 and p - 4096 h are exact and supported:
+    8- and 16-bit integers widened to int32, unsigned ones of 32 and 64 bits to xp's default integer
+    (int64; uint64 positions of 2**63 and more wrap, far beyond the strict range, where the
+    conformant bound exceeds any rotation's error)."""
+    name = dtype_name(positions.dtype)
+    if name in ("int32", "int64") or (name == "uint32" and _integer_bits(xp) == 32):
+        return positions
+    if xp.iinfo(positions.dtype).bits < 32:
+        return xp.astype(positions, xp.int32)
+    return xp.astype(positions, xp.__array_namespace_info__().default_dtypes()["integral"])
+
+
 def _position_chunks(xp: Any, positions: Any) -> tuple[Any, Any, Any | None, Any | None]:
     """Split positions p = 4096 hi + mid + fa + fb, each piece cast exactly to float32:
     hi and mid are integers below 4096 in magnitude (for |p| < 2**24), fa a multiple of 2**-12
     below 1, fb below 2**-12. Real positions are split toward zero (trunc), so every piece keeps
     p's sign and each subtraction is exact; floor would round for negative non-integers.
-    Integer positions have no fa, fb."""
+    Integer positions have no fa, fb. A real hi is taken modulo 2**24, exactly, so that it stays
+    finite in float32 (positions beyond 2**36, where SPEC.md's conformant bound exceeds any
+    rotation's error)."""
     f32 = xp.float32
     if is_integer_dtype(dtype_name(positions.dtype)):
+        positions = _wide_integers(xp, positions)
         hi = positions // (1 << CHUNK_BITS)
         mid = positions - hi * (1 << CHUNK_BITS)
         return xp.astype(hi, f32), xp.astype(mid, f32), None, None
@@ -402,6 +784,7 @@ def _position_chunks(xp: Any, positions: Any) -> tuple[Any, Any, Any | None, Any
     frac = rest - mid
     fa = xp.trunc(frac * _CHUNK) / _CHUNK
     fb = frac - fa
+    hi = xp.where(xp.abs(hi) < 2.0**24, hi, hi - xp.trunc(hi / 2.0**24) * 2.0**24)
     return xp.astype(hi, f32), xp.astype(mid, f32), xp.astype(fa, f32), xp.astype(fb, f32)
 
 
@@ -456,9 +839,11 @@ def float64_tables(
     return RopeTables(xp.cos(angle), xp.sin(angle))
 
 
-def build_tables(xp, positions, head_dim, max_wavelength, pairs, scale_factor, dtype_name_: str) -> RopeTables:
-    build = exact_tables if dtype_name_ == "float32" else float64_tables
-    return quietly(xp, build, xp, positions, head_dim, max_wavelength, pairs, scale_factor)
+def build_tables(xp: Any, positions: Any, spec: TableSpec) -> RopeTables:
+    """The tables of spec (its dtype: float32 by exact_tables, float64 by float64_tables)."""
+    build = exact_tables if spec.dtype == "float32" else float64_tables
+    ladder = (spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
+    return quietly(xp, build, xp, positions, *ladder)
 
 
 def quietly(xp: Any, fn: Any, *args: Any) -> Any:
@@ -515,7 +900,49 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# argument checks of the public functions
+# rotation in blocks (mutable arrays): temporaries bounded by the block, whatever the input size
+
+BLOCK_BYTES = 1 << 21  # bytes of one rotated lane, in the computation dtype, per block
+
+
+def token_view(xp: Any, array: Any, rank: int, seq_axis: int, trailing: int) -> Any:
+    """positions (trailing=0) or a table (trailing=1) laid out against the inputs' axes (token_shape)."""
+    return xp.reshape(array, token_shape(tuple(array.shape), rank, seq_axis, trailing))
+
+
+def rotate_into(
+    xp: Any, out: Any, x: Any, pairs: int, pairing: str, compute: Any, block_tables: Callable[[Any], Any]
+) -> None:
+    """out's 2R rotated lanes = those of x turned by the tables block_tables(index) gives for each
+    block index of the token axes (token_blocks), computed in dtype compute and rounded once to
+    out's; out may be x (in place). NoPE lanes are not touched."""
+    if pairs == 0:
+        return
+    first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
+    width = 8 if compute == xp.float64 else 4
+    for index in token_blocks((*x.shape[:-1], pairs), width, BLOCK_BYTES):
+        cos, sin = block_tables(index)
+        o1, o2 = rotate_pairs(
+            xp.astype(x[(*index, ..., first)], compute), xp.astype(x[(*index, ..., second)], compute), cos, sin
+        )
+        out[(*index, ..., first)] = xp.astype(o1, out.dtype)
+        out[(*index, ..., second)] = xp.astype(o2, out.dtype)
+
+
+def position_blocks(xp: Any, positions: Any, spec: TableSpec, rank: int, seq_axis: int) -> Callable[[Any], Any]:
+    """block_tables for rotate_into: the tables of each block built from its positions."""
+    tokens = token_view(xp, positions, rank, seq_axis, 0)
+    return lambda index: build_tables(xp, tokens[block_of(index, tuple(tokens.shape))], spec)
+
+
+def table_blocks(xp: Any, tables: RopeTables, rank: int, seq_axis: int) -> Callable[[Any], Any]:
+    """block_tables for rotate_into: each block's part of precomputed tables."""
+    cos, sin = (token_view(xp, t, rank, seq_axis, 1) for t in tables)
+    return lambda index: (cos[block_of(index, tuple(cos.shape))], sin[block_of(index, tuple(sin.shape))])
+
+
+# ---------------------------------------------------------------------------------------------
+# memoized checks
 
 
 def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lambda: False) -> Callable[..., Any]:
@@ -537,64 +964,6 @@ def memoized_checks(checks: Callable[..., Any], bypass: Callable[[], bool] = lam
     return call
 
 
-def check_apply_tables(
-    inputs: Any, tables: Any, pairing: str, seq_axis: int, argument: str = "inputs"
-) -> tuple[str, int]:
-    """Validate apply_p_rope_tables' arguments (SPEC.md, "Errors"); returns (pairing, seq_axis)."""
-    if not isinstance(tables, tuple) or len(tables) != 2:
-        raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
-    check_array(None, inputs, argument)
-    cos, sin = tables
-    return _checked_table_layout(
-        inputs.shape, inputs.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis, argument
-    )
-
-
-def table_layout_checks(
-    shape: Any, dtype: Any, cos_shape: Any, cos_dtype: Any, sin_shape: Any, pairing: Any, seq_axis: Any, argument: str
-) -> tuple[str, int]:
-    """check_apply_tables after the type checks, on everything the remaining checks read."""
-    head_dim = shape[-1] if len(shape) else 0
-    inputs_dtype = check_input_dtype(dtype_name(dtype), argument)
-    check_input_shape(tuple(shape), head_dim, argument)
-    pairing = check_pairing(pairing)
-    seq_axis = check_seq_axis(seq_axis)
-    check_tables(tuple(cos_shape), tuple(sin_shape), head_dim)
-    check_tables_dtype(dtype_name(cos_dtype), inputs_dtype)
-    check_positions_shape(tuple(cos_shape[:-1]), tuple(shape), seq_axis, "tables")
-    return pairing, seq_axis
-
-
-_checked_table_layout = memoized_checks(table_layout_checks)
-
-
-def prepare(
-    inputs: Any,
-    positions: object,
-    head_dim: object,
-    max_wavelength: object,
-    rope_percentage: object,
-    rotated_pairs: object,
-    scale_factor: object,
-    pairing: object,
-    seq_axis: object,
-    argument: str = "inputs",
-) -> tuple[Any, Any, tuple[int, float, int, float], str, int, str]:
-    """Every check of apply_p_rope, in SPEC.md's order, before any work.
-
-    Returns (xp, positions array, (H, w, R, scale), pairing, seq_axis, compute dtype name).
-    """
-    head_dim_ = check_head_dim(head_dim)
-    inputs_dtype = check_inputs(inputs, head_dim_, argument)
-    params = resolve(head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    pairing_ = check_pairing(pairing)
-    seq_axis_ = check_seq_axis(seq_axis)
-    xp = array_api_compat.array_namespace(inputs)
-    positions_ = as_positions(xp, positions, inputs)
-    check_positions_shape(tuple(positions_.shape), tuple(inputs.shape), seq_axis_)
-    return xp, positions_, params, pairing_, seq_axis_, compute_dtype_name(inputs_dtype)
-
-
 # ==============================================================================================
 # from backends/torch.py
 # ==============================================================================================
@@ -605,7 +974,7 @@ import mmap
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import array_api_compat.torch
 import torch
@@ -622,28 +991,33 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------------------------------------
-# dtypes and argument checks (messages from p_rope._params, identical in every implementation)
+# metadata for the checks of p_rope._params (memoized per argument layout in eager mode, where the
+# checks cost more than a small rotation; traced as they are under torch.compile)
 
-_TORCH_DTYPE_NAMES = {
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.float32: "float32",
-    torch.float64: "float64",
+_DTYPE_NAMES = {
+    dtype: str(dtype).removeprefix("torch.")
+    for dtype in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.uint8,
+        torch.uint16,
+        torch.uint32,
+        torch.uint64,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.complex64,
+        torch.complex128,
+    )
 }
-_TORCH_INTEGER_DTYPES = (
-    torch.uint8,
-    torch.uint16,
-    torch.uint32,
-    torch.uint64,
-    torch.int8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-)
 
 
 def _torch_dtype_name(dtype: torch.dtype) -> str:
-    name = _TORCH_DTYPE_NAMES.get(dtype)
+    name = _DTYPE_NAMES.get(dtype)
     return name if name is not None else str(dtype).removeprefix("torch.")
 
 
@@ -651,85 +1025,62 @@ def _is_array(value: object) -> bool:
     return isinstance(value, torch.Tensor) or (hasattr(value, "shape") and hasattr(value, "dtype"))
 
 
-def _check_tensor(value: object, argument: str) -> torch.Tensor:
-    """value itself if a tensor; SPEC.md's "not an array" error otherwise (naming torch.Tensor when
-    value is an array of another library)."""
+def _meta(value: object, device: bool = False) -> ArrayMeta | NotAnArray:
+    """A tensor's dtype name and shape (and device, where asked); SPEC.md's "not an array" otherwise,
+    naming torch.Tensor when value is an array of another library."""
     if isinstance(value, torch.Tensor):
-        return value
-    expected = "a torch.Tensor" if _is_array(value) else "an array"
-    raise TypeError(f"{argument} must be {expected}; got {type(value).__name__}")
+        return ArrayMeta(_torch_dtype_name(value.dtype), value.shape, value.device if device else None)
+    return NotAnArray(type(value).__name__, "a torch.Tensor" if _is_array(value) else "an array")
 
 
-def _check_torch_inputs(value: object, head_dim: int, argument: str = "inputs") -> torch.Tensor:
-    tensor = _check_tensor(value, argument)
-    check_input_dtype(_torch_dtype_name(tensor.dtype), argument)
-    check_input_shape(tuple(tensor.shape), head_dim, argument)
-    return tensor
+def _positions_meta(positions: object) -> ArrayMeta | BadPositions:
+    if isinstance(positions, torch.Tensor):
+        return ArrayMeta(_torch_dtype_name(positions.dtype), positions.shape)
+    if _is_array(positions):  # another library's array
+        dtype = positions.dtype  # type: ignore[attr-defined]
+        return ArrayMeta(str(getattr(dtype, "name", dtype)), tuple(positions.shape))  # type: ignore[attr-defined]
+    return python_positions(positions)
 
 
-def _checked_params(
-    head_dim: object, max_wavelength: object, rope_percentage: object, rotated_pairs: object, scale_factor: object
-) -> tuple[int, float, int, float]:
-    """Checked (H, w, R, scale), in the reference's order."""
-    head_dim_ = check_head_dim(head_dim)
-    pairs = resolve_rotated_pairs(head_dim_, rope_percentage, rotated_pairs)
-    return head_dim_, check_max_wavelength(max_wavelength), pairs, check_scale_factor(scale_factor)
-
-
-# memoized per value and type of every argument in eager mode (the checks cost more than a small
-# rotation); traced as they are under torch.compile
-_params = memoized_checks(_checked_params, bypass=torch.compiler.is_compiling)
-
-
-def _positions_on(positions: object, device: torch.device | None) -> torch.Tensor:
-    """positions as a tensor on device (None: where it is), with its dtype checked (SPEC.md §4).
-
-    A Python scalar or sequence becomes a tensor (floats as float64, the reference's precision,
-    except on MPS, which has no float64); another library's array keeps its dtype.
-    """
+def _positions_on(positions: object, meta: ArrayMeta, device: torch.device | None) -> torch.Tensor:
+    """Checked positions as a tensor on device (None: where it is). Python values take meta's dtype
+    (float64, the reference's precision, except on MPS, which has no float64); another library's
+    array keeps its dtype."""
     if not isinstance(positions, torch.Tensor):
-        tensor = torch.as_tensor(positions)
-        if tensor.is_floating_point() and not _is_array(positions):
-            wide = device is None or device.type != "mps"
-            tensor = torch.as_tensor(positions, dtype=torch.float64 if wide else torch.float32)
-        positions = tensor
-    dtype = positions.dtype
-    name = _torch_dtype_name(dtype)
-    is_integer = dtype in _TORCH_INTEGER_DTYPES
-    if not (is_integer or dtype.is_floating_point):
-        raise TypeError(f"positions must have an integer or float32/float64 dtype; got dtype {name}")
-    check_positions_dtype(name, is_integer)
+        if _is_array(positions):
+            positions = torch.as_tensor(positions)
+        else:
+            dtype = getattr(torch, meta.dtype)
+            if dtype == torch.float64 and device is not None and device.type == "mps":
+                dtype = torch.float32
+            positions = torch.as_tensor(positions, dtype=dtype)
     if device is not None and positions.device != device:
         positions = positions.to(device)
     return positions
 
 
-def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float64 if any input is float64, else float32."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
+_checked_call = memoized_checks(check_call, bypass=torch.compiler.is_compiling)
+_checked_qk_call = memoized_checks(check_qk_call, bypass=torch.compiler.is_compiling)
+_checked_request = memoized_checks(check_table_request, bypass=torch.compiler.is_compiling)
+_checked_overlap = memoized_checks(check_no_overlap, bypass=torch.compiler.is_compiling)
 
 
-def _prepare(
-    inputs: object,
-    positions: object,
-    head_dim: object,
-    max_wavelength: object,
-    rope_percentage: object,
-    rotated_pairs: object,
-    scale_factor: object,
-    pairing: object,
-    seq_axis: object,
-    argument: str = "inputs",
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, float, int, float], str, int]:
-    """Every check of apply_p_rope in SPEC.md's order, before any work."""
-    head_dim_ = check_head_dim(head_dim)
-    x = _check_torch_inputs(inputs, head_dim_, argument)
-    params = _params(head_dim_, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    pairing_ = check_pairing(pairing)
-    seq_axis_ = check_seq_axis(seq_axis)
-    positions_ = _positions_on(positions, x.device)
-    check_positions_shape(tuple(positions_.shape), tuple(x.shape), seq_axis_)
-    return x, positions_, params, pairing_, seq_axis_
+def _table_checks(
+    shape: Any,
+    dtype: torch.dtype,
+    cos_shape: Any,
+    cos_dtype: Any,
+    sin_shape: Any,
+    sin_dtype: Any,
+    pairing: Any,
+    seq_axis: Any,
+) -> Layout:
+    names = (_torch_dtype_name(d) for d in (dtype, cos_dtype, sin_dtype))
+    inputs, cos, sin = (ArrayMeta(n, s) for n, s in zip(names, (shape, cos_shape, sin_shape), strict=True))
+    return check_apply_tables(inputs, cos, sin, pairing, seq_axis)
+
+
+_checked_tables = memoized_checks(_table_checks, bypass=torch.compiler.is_compiling)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -750,31 +1101,39 @@ _FRACTION_BITS = 30  # real positions: fraction held on a 2**-30 grid (angle err
 
 
 @functools.lru_cache(maxsize=256)
-def _pair_constants_cached(
-    head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+def _pair_constants_cached(head_dim: int, max_wavelength: float, pairs: int, scale_factor: float) -> _PairConstants:
     chunks = revolution_chunks(head_dim, max_wavelength, pairs, scale_factor)
     high: list[int] = []
     low: list[int] = []
     revolutions: list[float] = []
     for i in range(pairs):
-        if chunks[0][i] != 0.0:  # r_i < 1/(2 pi) always: w**(-2i/H) <= 1 and scale >= 1
-            raise AssertionError("a pair turns more than once per unit position")
         fixed = sum(int(math.ldexp(row[i], _FIXED_BITS)) for row in chunks[1:])
         high.append(fixed >> _HALF_BITS)
         low.append(fixed & _HALF_MASK)
         revolutions.append(math.ldexp(float(fixed), -_FIXED_BITS))  # correctly rounded: int -> float
+    whole = tuple(chunks[0]) if any(chunks[0]) else None  # w < 1 only: a pair turns more than once
+    whole_mod = None if whole is None else tuple(int(w) & _HALF_MASK for w in whole)
     freq = tuple(frequency_values(head_dim, max_wavelength, pairs, scale_factor)[:pairs])
-    return tuple(high), tuple(low), tuple(revolutions), freq
+    return _PairConstants(tuple(high), tuple(low), tuple(revolutions), whole, whole_mod, freq)
+
+
+class _PairConstants(NamedTuple):
+    """Per-pair constants of the R rotated pairs: the revolutions per unit position r_i = W_i + F_i,
+    F_i as 60-bit fixed point F = high * 2**30 + low (to 2**-60) and as float64 numbers, the whole
+    turns W_i (float64, and modulo 2**30) where some W_i is not 0 (w < 1; None otherwise), and the
+    float64 angular frequencies."""
+
+    high: tuple[int, ...]
+    low: tuple[int, ...]
+    revolutions: tuple[float, ...]
+    whole: tuple[float, ...] | None
+    whole_mod: tuple[int, ...] | None
+    freq: tuple[float, ...]
 
 
 @torch.compiler.assume_constant_result
-def _pair_constants(
-    head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
-    """(high, low, revolutions, freq) of the R rotated pairs: revolutions per unit position as
-    60-bit fixed point F = high * 2**30 + low (to 2**-60) and as float64 numbers, and the float64
-    angular frequencies."""
+def _pair_constants(head_dim: int, max_wavelength: float, pairs: int, scale_factor: float) -> _PairConstants:
+    """_PairConstants of (H, w, R, s), computed once per parameter set."""
     return _pair_constants_cached(head_dim, max_wavelength, pairs, scale_factor)
 
 
@@ -802,7 +1161,9 @@ def _turns_fixed(n: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torc
     return torch.add(n * low, wrapped, alpha=1 << _HALF_BITS)
 
 
-def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> RopeTables:
+def _exact_float32_tables(
+    positions: torch.Tensor, high: torch.Tensor, low: torch.Tensor, whole_mod: torch.Tensor | None
+) -> RopeTables:
     """float32 cos/sin of 2 pi frac(position * r_i), within 2.5 float32 units; see the module docstring.
 
     Both come from one sine: cos(2 pi t) = sin(2 pi (t + 1/4)). With v = (t + 1/4) mod 1 and
@@ -821,6 +1182,8 @@ def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torc
         turns = _turns_fixed(whole[..., None], high, low)
         f = torch.round(fraction * float(1 << _FRACTION_BITS)).nan_to_num(0.0, 0.0, 0.0).to(torch.int64)[..., None]
         turns = turns + f * high + torch.bitwise_right_shift(f * low, _FRACTION_BITS)  # + f F / 2**30
+        if whole_mod is not None:  # + f W / 2**30 (w < 1), which depends on W mod 2**30 only
+            turns = turns + torch.bitwise_and(f * whole_mod, _HALF_MASK) * (1 << _HALF_BITS)
     else:
         turns = _turns_fixed(positions.to(torch.int64)[..., None], high, low)
     # [2, ..., R]: v = (t + 1/2) mod 1 (cos), (t + 1/4) mod 1 (sin); then d = v - 1/2
@@ -834,7 +1197,16 @@ def _exact_float32_tables(positions: torch.Tensor, high: torch.Tensor, low: torc
     return RopeTables(values[0], values[1])
 
 
-def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> RopeTables:
+def _float64_turns(positions: torch.Tensor, revolutions: torch.Tensor, whole: torch.Tensor | None) -> torch.Tensor:
+    """frac(p F_i) (+ frac(frac(p) W_i) for real positions where some W_i is not 0: the whole
+    turns of n W_i drop out for an integer n), in float64; NaN for non-finite positions."""
+    turns = torch.mul(positions, revolutions).frac_()
+    if whole is not None and positions.dtype.is_floating_point:
+        turns += torch.mul(positions - positions.floor(), whole).frac_()
+    return turns
+
+
+def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor, whole: torch.Tensor | None) -> RopeTables:
     """float32 cos/sin of 2 pi frac(position * r_i) through float64 (the CPU route, where float64
     runs at full speed): the turns p r_i carry an error below 2**-30 turn for |p| <= 2**24, their
     fraction is exact, so the tables are within 0.6 float32 units. Five operations, in chunks of
@@ -844,13 +1216,13 @@ def _float64_turn_tables(positions: torch.Tensor, revolutions: torch.Tensor) -> 
     flat = positions.reshape(-1, 1)
     rows = max(1, _TABLE_CHUNK_BYTES // (16 * max(1, pairs)))  # float64 angles [2, rows, R]: 16 bytes a pair
     if flat.shape[0] <= rows or torch.compiler.is_compiling():  # one chunk; a compiler fuses the expression
-        turns = torch.mul(flat, revolutions).frac_()  # exact; NaN for non-finite positions
+        turns = _float64_turns(flat, revolutions, whole)
         values = torch.sin_(torch.add(offsets, turns, alpha=2 * math.pi)).to(torch.float32)
         return RopeTables(*values.view(2, *positions.shape, pairs).unbind(0))
     out = torch.empty((2, *positions.shape, pairs), dtype=torch.float32, device=revolutions.device)
     flat_out = out.view(2, flat.shape[0], pairs)
     for start in range(0, flat.shape[0], rows):
-        turns = torch.mul(flat[start : start + rows], revolutions).frac_()
+        turns = _float64_turns(flat[start : start + rows], revolutions, whole)
         flat_out[:, start : start + rows].copy_(torch.add(offsets, turns, alpha=2 * math.pi).sin_())
     return RopeTables(out[0], out[1])
 
@@ -877,21 +1249,24 @@ _NESTED.update({(v, d): _nested(v, d) for v in (_ANGLE_OFFSETS, _SINE_OFFSETS) f
 _FLOAT64_TABLE_DEVICES = ("cpu",)  # devices whose float32 tables go through float64 (fast there)
 
 
-def _tables(positions: torch.Tensor, params: tuple[int, float, int, float], dtype: torch.dtype) -> RopeTables:
-    """cos/sin tables positions.shape + (R,) of dtype, on positions' device.
+def _tables(positions: torch.Tensor, spec: TableSpec) -> RopeTables:
+    """cos/sin tables positions.shape + (R,) of spec.dtype, on positions' device.
 
     float32: the exact reduction modulo one turn, in float64 on the CPU and in int64/float32
     elsewhere (no float64: MPS has none, many GPUs run it slowly); float64: cos/sin of the float64
     angle position * freq, as the array-API core computes it.
     """
-    high, low, revolutions, freq = _pair_constants(*params)
+    constants = _pair_constants(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
     device = positions.device
-    if dtype == torch.float64:
-        angle = positions.to(torch.float64)[..., None] * _constant(freq, torch.float64, device)
+    if spec.dtype == "float64":
+        angle = positions.to(torch.float64)[..., None] * _constant(constants.freq, torch.float64, device)
         return RopeTables(torch.cos(angle), torch.sin(angle))
     if device.type in _FLOAT64_TABLE_DEVICES:
-        return _float64_turn_tables(positions, _constant(revolutions, torch.float64, device))
-    return _exact_float32_tables(positions, _constant(high, torch.int64, device), _constant(low, torch.int64, device))
+        whole = None if constants.whole is None else _constant(constants.whole, torch.float64, device)
+        return _float64_turn_tables(positions, _constant(constants.revolutions, torch.float64, device), whole)
+    whole_mod = None if constants.whole_mod is None else _constant(constants.whole_mod, torch.int64, device)
+    high, low = (_constant(c, torch.int64, device) for c in (constants.high, constants.low))
+    return _exact_float32_tables(positions, high, low, whole_mod)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1227,10 +1602,10 @@ def frequencies(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The [H/2] angular frequencies (0 for NoPE pairs), float32 unless dtype=torch.float64."""
-    head_dim, w, pairs, scale = _params(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
+    spec = _checked_request(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, "float32")
     dtype_ = _table_dtype(dtype)
-    freq = _pair_constants(head_dim, w, pairs, scale)[3] + (0.0,) * (head_dim // 2 - pairs)
-    return torch.tensor(freq, dtype=dtype_, device=device)
+    freq = _pair_constants(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor).freq
+    return torch.tensor(freq + (0.0,) * (spec.head_dim // 2 - spec.pairs), dtype=dtype_, device=device)
 
 
 def _table_dtype(dtype: object) -> torch.dtype:
@@ -1240,9 +1615,7 @@ def _table_dtype(dtype: object) -> torch.dtype:
         name = _torch_dtype_name(dtype)
     else:  # "float64", numpy.float64, numpy.dtype("float64")
         name = str(getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or dtype)
-    if name not in POSITION_FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64; got {name}")
-    return torch.float64 if name == "float64" else torch.float32
+    return torch.float64 if check_table_dtype(name) == "float64" else torch.float32
 
 
 def p_rope_tables(
@@ -1256,34 +1629,29 @@ def p_rope_tables(
     dtype: torch.dtype | None = None,
 ) -> RopeTables:
     """cos/sin tables positions.shape + (R,) on positions' device; dtype None: float32 (exact)."""
-    if not _is_array(positions):
-        raise TypeError(f"positions must be an array; got {type(positions).__name__}")
-    positions_ = _positions_on(positions, None)
-    params = _params(head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor)
-    return _tables(positions_, params, _table_dtype(dtype))
-
-
-_checked_table_call = memoized_checks(table_layout_checks, bypass=torch.compiler.is_compiling)
+    meta = _positions_meta(positions) if _is_array(positions) else NotAnArray(type(positions).__name__)
+    check_positions(meta)
+    table_dtype = _table_dtype(dtype)
+    spec = _checked_request(
+        head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, _torch_dtype_name(table_dtype)
+    )
+    return _tables(_positions_on(positions, meta, None), spec)  # type: ignore[arg-type]
 
 
 def apply_p_rope_tables(
     inputs: torch.Tensor, tables: RopeTables, *, pairing: str = "split_half", seq_axis: int = -3
 ) -> torch.Tensor:
     """Rotate inputs by precomputed tables (reusable for q and k and across layers)."""
-    if not isinstance(tables, tuple) or len(tables) != 2:
-        raise TypeError(f"tables must be a RopeTables(cos, sin); got {type(tables).__name__}")
-    x = _check_tensor(inputs, "inputs")
+    check_tables_type(tables)
+    if not isinstance(inputs, torch.Tensor):
+        check_apply_tables(_meta(inputs), ArrayMeta("", ()), ArrayMeta("", ()), pairing, seq_axis)
     cos, sin = tables
     if not isinstance(cos, torch.Tensor) or not isinstance(sin, torch.Tensor):
         cos, sin = (t if isinstance(t, torch.Tensor) else torch.as_tensor(t) for t in tables)
-    pairing_, seq_axis_ = _checked_table_call(
-        x.shape, x.dtype, cos.shape, cos.dtype, sin.shape, pairing, seq_axis, "inputs"
-    )
-    if cos.dtype != sin.dtype:
-        sin = sin.to(cos.dtype)
-    if cos.device != x.device or sin.device != x.device:
-        cos, sin = cos.to(x.device), sin.to(x.device)
-    return _rotation(x, cos, sin, pairing_, seq_axis_)
+    layout = _checked_tables(inputs.shape, inputs.dtype, cos.shape, cos.dtype, sin.shape, sin.dtype, pairing, seq_axis)
+    if cos.device != inputs.device or sin.device != inputs.device:
+        cos, sin = cos.to(inputs.device), sin.to(inputs.device)
+    return _rotation(inputs, cos, sin, layout.pairing, layout.seq_axis)
 
 
 def apply_p_rope(
@@ -1300,11 +1668,12 @@ def apply_p_rope(
 ) -> torch.Tensor:
     """p-RoPE of inputs [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2) at positions
     [B..., L]: a new tensor of the input's dtype, shape and device."""
-    x, positions_, params, pairing_, seq_axis_ = _prepare(
-        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    meta = _positions_meta(positions)
+    params = _checked_call(
+        _meta(inputs), meta, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
-    tables = _tables(positions_, params, _compute_dtype(x.dtype))
-    return _apply_rotation(x, tables, pairing_, seq_axis_)
+    tables = _tables(_positions_on(positions, meta, inputs.device), params.spec)  # type: ignore[arg-type]
+    return _apply_rotation(inputs, tables, params.pairing, params.seq_axis)
 
 
 def apply_p_rope_(
@@ -1320,11 +1689,13 @@ def apply_p_rope_(
     seq_axis: int = -3,
 ) -> torch.Tensor:
     """In-place apply_p_rope: writes only the 2R rotated lanes of inputs and returns inputs."""
-    x, positions_, params, pairing_, seq_axis_ = _prepare(
-        inputs, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
+    meta = _positions_meta(positions)
+    params = _checked_call(
+        _meta(inputs), meta, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
-    tables = _tables(positions_, params, _compute_dtype(x.dtype))
-    return _apply_rotation_in_place(x, tables, pairing_, seq_axis_)
+    _checked_overlap(inputs.shape, inputs.stride())
+    tables = _tables(_positions_on(positions, meta, inputs.device), params.spec)  # type: ignore[arg-type]
+    return _apply_rotation_in_place(inputs, tables, params.pairing, params.seq_axis)
 
 
 def apply_p_rope_qk(
@@ -1341,10 +1712,20 @@ def apply_p_rope_qk(
     seq_axis: int = -3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """apply_p_rope of q and k (heads may differ; batch axes and L may not), one table build."""
-    q_, positions_, params, pairing_, seq_axis_ = _prepare(
-        q, positions, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis, "q"
+    meta = _positions_meta(positions)
+    params = _checked_qk_call(
+        _meta(q, device=True),
+        _meta(k, device=True),
+        meta,
+        head_dim,
+        max_wavelength,
+        rope_percentage,
+        rotated_pairs,
+        scale_factor,
+        pairing,
+        seq_axis,
     )
-    k_ = _check_torch_inputs(k, params[0], "k")
-    check_same_batch(tuple(q_.shape), tuple(k_.shape), seq_axis_)
-    tables = _tables(positions_, params, _compute_dtype(q_.dtype, k_.dtype))
-    return _apply_rotation(q_, tables, pairing_, seq_axis_), _apply_rotation(k_, tables, pairing_, seq_axis_)
+    tables = _tables(_positions_on(positions, meta, q.device), params.spec)  # type: ignore[arg-type]
+    return _apply_rotation(q, tables, params.pairing, params.seq_axis), _apply_rotation(
+        k, tables, params.pairing, params.seq_axis
+    )
