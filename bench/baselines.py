@@ -17,8 +17,12 @@ rotation angle position * frequency in float32, the approach whose error grows w
   field notes): float32 inv_freq with zeros for the NoPE pairs, cos/sin of the float32 angle, and
   x * cos + rotate_half(x) * sin in float32, cast once to the input dtype. Also run under
   torch.compile by bench/run.py.
-* ``flash_attn_rotary``: flash-attn's Triton rotary kernel (GPU only, head_dim <= 256, p = 1: it
-  rotates the FIRST rotary_dim lanes, so it cannot express p < 1 with split-half pairing over H).
+* ``flash_attn_rotary``: flash-attn's Triton rotary kernel, ``apply_rotary_emb`` (GPU only). It rotates
+  the FIRST rotary_dim lanes of heads of at most 256 lanes, pairing lane i with i + rotary_dim / 2, with
+  cos/sin tables [positions, rotary_dim / 2] cached in the activation dtype: p-RoPE exactly only at
+  p = 1 with H <= 256 (``flash_attn_layout`` says how a layer maps onto it).
+* ``liger_rope``: Liger-Kernel's Triton rope (GPU only), HF's rotate_half rotation of q and k in place
+  with the cos/sin tables of HF's rotary module (here ``HFRope.tables``).
 
 jax and torch are imported lazily, inside the functions that need them.
 """
@@ -207,21 +211,67 @@ def rotate_half_torch_qk(q, k, positions, inv_freq):
 
 
 # ---------------------------------------------------------------------------------------------
-# flash-attn (GPU)
+# flash-attn and Liger-Kernel (GPU)
+
+FLASH_ATTN_MAX_HEAD_DIM = 256
 
 
-def flash_attn_rotary():
-    """flash_attn.layers.rotary.apply_rotary_emb, or an ImportError's message."""
-    from flash_attn.layers.rotary import apply_rotary_emb
+def flash_attn_rotary() -> tuple[Any, str]:
+    """flash-attn's ``apply_rotary_emb`` and where it came from; ImportError where it is absent.
 
-    return apply_rotary_emb
+    ``flash_attn.layers.rotary`` imports the package, whose ``__init__`` loads the compiled attention
+    extension; where only the Python sources are installed, the Triton kernel's own file
+    (``flash_attn/ops/triton/rotary.py``, which imports torch and triton only) is loaded by path and
+    its ``apply_rotary`` (what ``apply_rotary_emb`` calls, without the autograd wrapper) is used.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        from flash_attn.layers.rotary import apply_rotary_emb
+    except ImportError as error:
+        spec = importlib.util.find_spec("flash_attn")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        path = Path(next(iter(spec.submodule_search_locations))) / "ops" / "triton" / "rotary.py"
+        kernel_spec = importlib.util.spec_from_file_location("flash_attn_triton_rotary", path)
+        if kernel_spec is None or kernel_spec.loader is None or not path.is_file():
+            raise ImportError(f"flash-attn installed without {path}") from error
+        module = importlib.util.module_from_spec(kernel_spec)
+        kernel_spec.loader.exec_module(module)
+        return module.apply_rotary, f"flash_attn/ops/triton/rotary.py apply_rotary (the package: {error})"
+    return apply_rotary_emb, "flash_attn.layers.rotary.apply_rotary_emb"
 
 
-def flash_attn_tables(max_position: int, head_dim: int, max_wavelength: float, dtype, device):
-    """flash-attn's cached tables ([max_position + 1, H/2] in x's dtype, as its RotaryEmbedding builds them)."""
+def flash_attn_layout(head_dim: int, rope_percentage: float) -> tuple[int, int, bool]:
+    """How a layer maps onto flash-attn's rotary: (pieces, rotary_dim, exact).
+
+    Each head is cut into ``pieces`` heads of head_dim / pieces <= 256 lanes, of which the first
+    ``rotary_dim`` are rotated: the same bytes and the same number of rotated lanes as p-RoPE's 2R.
+    ``exact``: the result is p-RoPE (one piece, every lane rotated); otherwise the call is a latency
+    reference on the same tensor whose output is another rotation. ValueError where no cut fits.
+    """
+    pairs = int(rope_percentage * head_dim // 2)
+    pieces = -(-head_dim // FLASH_ATTN_MAX_HEAD_DIM)
+    if head_dim % pieces or (2 * pairs) % (2 * pieces) or pairs == 0:
+        raise ValueError(f"head_dim {head_dim} with {pairs} rotated pairs does not cut into heads of <= 256 lanes")
+    return pieces, 2 * pairs // pieces, pieces == 1 and 2 * pairs == head_dim
+
+
+def flash_attn_tables(max_position: int, rotary_dim: int, head_dim: int, max_wavelength: float, dtype, device):
+    """flash-attn's cached tables [max_position + 1, rotary_dim / 2] in x's dtype, as its RotaryEmbedding
+    builds them (float32 angles), with p-RoPE's frequencies w ** (-2i / H) for the first pairs."""
     import torch
 
-    inv = max_wavelength ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    inv = max_wavelength ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / head_dim)
     t = torch.arange(max_position + 1, dtype=torch.float32, device=device)
     freqs = torch.outer(t, inv)
     return torch.cos(freqs).to(dtype), torch.sin(freqs).to(dtype)
+
+
+def liger_rope() -> tuple[Any, str]:
+    """Liger-Kernel's rope, called as ``rope(q, k, cos, sin)`` with q, k [B, N, L, H] views of [B, L, N, H]
+    storage (rotated in place there) and cos, sin [B or 1, L, H]; ImportError where it is absent."""
+    from liger_kernel.ops.rope import LigerRopeFunction
+
+    return LigerRopeFunction.apply, "liger_kernel.ops.rope.LigerRopeFunction"
