@@ -367,3 +367,62 @@ def test_cuda_asked_for_and_absent_fails(tmp_path: Path) -> None:
     )
     assert done.returncode == 2 and "torch sees no CUDA device" in done.stderr
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# the GPU entries' plumbing, on the CPU with stand-ins that follow the kernels' documented contracts
+
+
+def flash_attn_stand_in(x, cos, sin, interleaved=False, seqlen_offsets=0):
+    """flash-attn's apply_rotary_emb contract: x [B, L, N, D], cos/sin [positions, rotary_dim / 2] indexed at
+    offset + l; the first rotary_dim lanes rotated, lane i with i + rotary_dim / 2; the rest copied."""
+    import torch
+
+    assert not interleaved
+    half = cos.shape[-1]
+    offsets = seqlen_offsets[:, None] if torch.is_tensor(seqlen_offsets) else seqlen_offsets
+    rows = torch.arange(x.shape[1])[None, :] + offsets  # [B, L]
+    c, s = cos[rows][:, :, None, :].float(), sin[rows][:, :, None, :].float()
+    x1, x2 = x[..., :half].float(), x[..., half : 2 * half].float()
+    out = x.clone()
+    out[..., :half], out[..., half : 2 * half] = (x1 * c - x2 * s).to(x.dtype), (x2 * c + x1 * s).to(x.dtype)
+    return out
+
+
+def liger_stand_in(q, k, cos, sin):
+    """Liger's rope contract: q, k [B, N, L, H] views of [B, L, N, H] storage, rotated there in place
+    (rotate_half), cos/sin [B or 1, L, H] of which the first H / 2 are read."""
+    half = q.shape[-1] // 2
+    c, s = cos[..., :half][:, :, None, :], sin[..., :half][:, :, None, :]
+    for t in (q, k):
+        storage = t.transpose(1, 2)
+        x1, x2 = storage[..., :half].clone(), storage[..., half:].clone()
+        storage[..., :half], storage[..., half:] = x1 * c - x2 * s, x2 * c + x1 * s
+    return q, k, cos, sin
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_gpu_entries_plumbing(monkeypatch: pytest.MonkeyPatch, layer: str) -> None:
+    """Views, offsets, table sizes and grading of the flash-attn and Liger entries, run on the CPU with
+    stand-ins: an output graded "fails" would mean mis-wired arguments."""
+    pytest.importorskip("torch")
+    from bench import baselines, entries
+
+    monkeypatch.setattr(baselines, "flash_attn_rotary", lambda: (flash_attn_stand_in, "stand-in"))
+    monkeypatch.setattr(baselines, "liger_rope", lambda: (liger_stand_in, "stand-in"))
+    built = entries.Case(layer, "decode", "float32", "cpu", {"decode": {"B": 3, "L": 1}}, seed=1)
+    x, k, pos = built.torch_arrays()
+    make = entries.Maker(built, "torch", harness.no_sync)
+    skips: dict[str, str] = {}
+    made = entries.flash_attn_entries(built, make, x, skips) + entries.liger_entries(built, make, x, k, pos, skips)
+    assert not skips and [e.name for e in made] == [FLASH_ATTN, LIGER]
+    for entry in made:
+        entry.run()
+    flash, liger = made
+    if layer == "llama":  # p = 1, H = 128: flash-attn computes p-RoPE
+        assert flash.accuracy is None and entries.graded(built, flash).startswith(("strict", "conformant only"))
+    else:
+        assert flash.accuracy == "not graded (not p-RoPE: a latency reference)"
+        assert flash.run().shape == x.shape
+    assert liger.in_place and liger.input_bytes == 2 * built.nbytes
+    assert entries.graded(built, liger).startswith(("strict", "conformant only"))
