@@ -139,10 +139,70 @@ def vendor(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against baselines measured in the same run; writes BENCHMARKS.md."""
+    """Benchmarks against baselines measured in the same run: BENCHMARKS.md, reports/bench/<device>.json
+    (`-- --quick`, `-- --device cuda`, `-- --render`: the options are in bench/run.py)."""
     session.install(TORCH)
     session.install(".[jax,torch,bench]")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+def _ecosystem_registry():
+    """conformance/ecosystem/__init__.py (stdlib only) loaded by path: the libraries and their pins."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ecosystem_registry", "conformance/ecosystem/__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+ECOSYSTEM = _ecosystem_registry()
+ECOSYSTEM_RESULTS = "reports/ecosystem/results"  # committed: one summary per library
+ECOSYSTEM_FRESH = "build/ecosystem-check"  # `-- --check`: a fresh run, compared with the committed report
+
+
+def _cuda_present() -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"]).returncode == 0
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("library", list(ECOSYSTEM.groups()))
+def ecosystem(session: nox.Session, library: str) -> None:
+    """Grade one public library in its own environment at its pins (all of them: `nox -s ecosystem`;
+    `-- --check` compares a fresh run with the committed reports/ecosystem.json instead of rewriting it)."""
+    libs = ECOSYSTEM.groups()[library]
+    check = "--check" in session.posargs
+    session.notify("ecosystem_report", ["--check"] if check else [])
+    constraints = os.path.join(session.create_tmp(), "constraints.txt")
+    with open(constraints, "w") as handle:
+        handle.write(ECOSYSTEM.TORCH + "\n")  # nothing may replace the CPU build of torch
+    if not libs[0].needs_cuda or _cuda_present():  # GPU-only libraries are installed where they can run
+        if ECOSYSTEM.TORCH in libs[0].requirements:
+            session.install(ECOSYSTEM.TORCH)
+        session.install("-c", constraints, *libs[0].requirements)
+        if libs[0].no_deps:
+            session.install("--no-deps", *libs[0].no_deps)
+    session.install("-c", constraints, ".[conformance]")
+    out, repro = (f"{ECOSYSTEM_FRESH}/results", f"{ECOSYSTEM_FRESH}/repro") if check else (ECOSYSTEM_RESULTS, "")
+    for lib in libs:
+        session.run(
+            "python", "-m", "p_rope.conformance.ecosystem", "run", lib.key, "--out", out,
+            *(["--repro-dir", repro] if repro else []),
+        )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def ecosystem_report(session: nox.Session) -> None:
+    """Merge the libraries' results into reports/ecosystem.{md,json} (`-- --check`: fail on drift)."""
+    session.install(".[conformance]")
+    if "--check" in session.posargs:
+        session.run("python", "-m", "p_rope.conformance.ecosystem", "drift", f"{ECOSYSTEM_FRESH}/results")
+    else:
+        session.run("python", "-m", "p_rope.conformance.ecosystem", "report", ECOSYSTEM_RESULTS)
 
 
 @nox.session(python=PYTHON)
