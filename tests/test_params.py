@@ -209,20 +209,32 @@ CALLS = {
     "scale_factor-type": lambda api, x, pos, tab: api.apply_p_rope(x, pos, 4, scale_factor="2"),
     "scale_factor-below-1": lambda api, x, pos, tab: api.apply_p_rope(x, pos, 4, scale_factor=0.5),
     "scale_factor-nonfinite": lambda api, x, pos, tab: api.apply_p_rope(x, pos, 4, scale_factor=float("nan")),
+    "frequencies-overflow": lambda api, x, pos, tab: api.apply_p_rope(
+        np.zeros((1, 3, 2, 1024), np.float32), pos, 1024, 5e-324
+    ),
     "pairing": lambda api, x, pos, tab: api.apply_p_rope(x, pos, 4, pairing="rotate_half"),
     "seq_axis": lambda api, x, pos, tab: api.apply_p_rope(x, pos, 4, seq_axis=1),
     "positions-dtype": lambda api, x, pos, tab: api.apply_p_rope(x, pos.astype(bool), 4),
     "positions-16bit": lambda api, x, pos, tab: api.apply_p_rope(x, pos.astype(np.float16), 4),
+    "positions-ragged": lambda api, x, pos, tab: api.apply_p_rope(x, [[0, 1], [2]], 4),
+    "positions-int-range": lambda api, x, pos, tab: api.apply_p_rope(x, [0, 1, 2**63], 4),
     "positions-shape": lambda api, x, pos, tab: api.apply_p_rope(np.zeros((2, 4, 1, 4), np.float32), np.arange(3), 4),
     "in-place-read-only": lambda api, x, pos, tab: api.apply_p_rope_(read_only(x), pos, 4),
+    "in-place-overlap": lambda api, x, pos, tab: api.apply_p_rope_(
+        np.lib.stride_tricks.as_strided(x, (2, *x.shape[1:]), (0, *x.strides[1:])), pos, 4
+    ),
     "qk-batch": lambda api, x, pos, tab: api.apply_p_rope_qk(x, np.zeros((1, 2, 2, 4), np.float32), pos, 4),
     "tables-type": lambda api, x, pos, tab: api.apply_p_rope_tables(x, {"cos": tab.cos, "sin": tab.sin}),
+    "tables-odd-head_dim": lambda api, x, pos, tab: api.apply_p_rope_tables(np.zeros((1, 3, 2, 5), np.float32), tab),
     "tables-shape-mismatch": lambda api, x, pos, tab: api.apply_p_rope_tables(
         x, Tab(np.zeros((3, 2)), np.zeros((3, 1)))
     ),
     "tables-too-wide": lambda api, x, pos, tab: api.apply_p_rope_tables(x, Tab(np.zeros((3, 5)), np.zeros((3, 5)))),
     "tables-dtype": lambda api, x, pos, tab: api.apply_p_rope_tables(
         x, Tab(np.zeros((3, 2), np.float16), np.zeros((3, 2), np.float16))
+    ),
+    "tables-dtype-mismatch": lambda api, x, pos, tab: api.apply_p_rope_tables(
+        x, Tab(tab.cos.astype(np.float32), tab.sin.astype(np.float16))
     ),
     "tables-float32-inputs-float64": lambda api, x, pos, tab: api.apply_p_rope_tables(
         x.astype(np.float64), Tab(tab.cos.astype(np.float32), tab.sin.astype(np.float32))
@@ -258,25 +270,78 @@ def test_error_table_ids_match_tests() -> None:
         assert row[3] in ("TypeError", "ValueError"), ident
 
 
-@pytest.fixture(params=["reference", "array_api:numpy"])
+class Converted:
+    """A backend module whose functions take the NumPy arguments of CALLS, converted to the
+    backend's arrays (tables element by element) first."""
+
+    def __init__(self, module: object, convert) -> None:
+        self.module, self.convert = module, convert
+
+    def _arg(self, value: object) -> object:
+        if isinstance(value, np.ndarray):
+            return self.convert(value)
+        if isinstance(value, Tab):
+            return Tab(*(self._arg(t) for t in value))
+        return value
+
+    def __getattr__(self, name: str):
+        function = getattr(self.module, name)
+        return lambda *args, **kwargs: function(
+            *(self._arg(a) for a in args), **{key: self._arg(v) for key, v in kwargs.items()}
+        )
+
+
+def _torch_module():
+    torch = pytest.importorskip("torch")
+    return Converted(pytest.importorskip("p_rope.backends.torch"), torch.from_numpy)
+
+
+def _jax_module():
+    jnp = pytest.importorskip("jax.numpy")
+    return Converted(pytest.importorskip("p_rope.backends.jax"), jnp.asarray)
+
+
+# implementation -> (module maker, work functions to trip, rows it has no call for)
+IMPLEMENTATIONS = {
+    "reference": (lambda: reference, ("_cos_sin", "_rotate_into"), ()),
+    "array_api:numpy": (
+        lambda: pytest.importorskip("p_rope.backends.array_api"),
+        ("build_tables", "rotate", "rotate_into"),
+        (),
+    ),
+    "torch": (
+        _torch_module,
+        ("_tables", "_rotation", "_apply_rotation", "_apply_rotation_in_place"),
+        ("in-place-read-only",),  # tensors have no read-only flag
+    ),
+    "jax": (
+        _jax_module,
+        ("_apply_jit", "_apply_qk_jit", "_tables_jit", "_apply_tables_jit"),
+        # no apply_p_rope_ (JAX arrays are immutable); no float64 inputs with jax_enable_x64 off
+        ("in-place-read-only", "in-place-overlap", "tables-float32-inputs-float64"),
+    ),
+}
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS))
 def api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
-    """The implementation under test, with its work functions replaced by tripwires."""
+    """(implementation name, module under test), its work functions replaced by tripwires."""
 
     def tripwire(*args, **kwargs):
         raise AssertionError("work started before every argument was checked")
 
-    if request.param == "reference":
-        for name in ("_cos_sin", "_rotate_into"):
-            monkeypatch.setattr(reference, name, tripwire)
-        return reference
-    array_api = pytest.importorskip("p_rope.backends.array_api")
-    for name in ("build_tables", "rotate", "rotate_into"):
-        monkeypatch.setattr(array_api, name, tripwire)
-    return array_api
+    make, work, _ = IMPLEMENTATIONS[request.param]
+    module = make()
+    for name in work:
+        monkeypatch.setattr(getattr(module, "module", module), name, tripwire)
+    return request.param, module
 
 
 @pytest.mark.parametrize("ident", list(ERROR_ROWS))
 def test_error_raised_before_work(api, ident: str) -> None:
+    name, api = api
+    if ident in IMPLEMENTATIONS[name][2]:
+        pytest.skip(f"{name} has no call that makes {ident}")
     backend = api is not reference
     before = X.copy()
     kind = {"TypeError": TypeError, "ValueError": ValueError}[ERROR_ROWS[ident][3]]
