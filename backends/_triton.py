@@ -167,6 +167,17 @@ if triton is not None:
         return c, s
 
     @triton.jit
+    def _rounded(v, dtype: tl.constexpr, BF16: tl.constexpr):
+        """v rounded once (to nearest even) to dtype. bfloat16 is rounded from float32 in integers
+        (as the hardware does; Triton's interpreter truncates), NaN kept NaN."""
+        if BF16:
+            bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            rounded = tl.where(v != v, (bits >> 16) | 0x40, rounded)
+            return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return v.to(dtype)
+
+    @triton.jit
     def _exact_tables(pos, fh, fl, POS_FLOAT: tl.constexpr):
         """float32 (cos, sin) [T, R] of 2 pi frac(pos r_i) for positions pos [T, 1] and the halves
         fh, fl [1, R] of F_i = r_i 2**60; see the module docstring."""
@@ -250,6 +261,7 @@ if triton is not None:
         F64: tl.constexpr,
         NEGATE: tl.constexpr,
         COPY_NOPE: tl.constexpr,
+        OUT_BF16: tl.constexpr,
         BLOCK_T: tl.constexpr,
         BLOCK_N: tl.constexpr,
         BLOCK_R: tl.constexpr,
@@ -303,15 +315,17 @@ if triton is not None:
                 a, b = tl.split(x2.to(c.dtype))
                 o1 = a * c - b * s
                 o2 = b * c + a * s
-                o = tl.join(o1, o2).to(out_ptr.dtype.element_ty)
+                o = _rounded(tl.join(o1, o2), out_ptr.dtype.element_ty, OUT_BF16)
                 tl.store(out_ptr + (o_row + jj * o_pair)[:, :, :, None] + k * o_member, o, mask=ok[:, :, :, None])
             else:
                 a = tl.load(x_ptr + x_row + jj * x_pair, mask=ok).to(c.dtype)
                 b = tl.load(x_ptr + x_row + jj * x_pair + x_member, mask=ok).to(c.dtype)
                 o1 = a * c - b * s
                 o2 = b * c + a * s
-                tl.store(out_ptr + o_row + jj * o_pair, o1.to(out_ptr.dtype.element_ty), mask=ok)
-                tl.store(out_ptr + o_row + jj * o_pair + o_member, o2.to(out_ptr.dtype.element_ty), mask=ok)
+                o1 = _rounded(o1, out_ptr.dtype.element_ty, OUT_BF16)
+                o2 = _rounded(o2, out_ptr.dtype.element_ty, OUT_BF16)
+                tl.store(out_ptr + o_row + jj * o_pair, o1, mask=ok)
+                tl.store(out_ptr + o_row + jj * o_pair + o_member, o2, mask=ok)
         if COPY_NOPE:  # pairs PAIRS..HALF-1, bit for bit
             q = PAIRS + tl.arange(0, BLOCK_Q)
             qq = q[None, None, :, None].to(tl.int64)
@@ -356,13 +370,17 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _floor_power_of_2(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
 def _blocks(heads: int, half: int, pairs: int) -> tuple[int, int, int, int]:
     """(BLOCK_T, BLOCK_N, BLOCK_R, BLOCK_Q): about _TILE_LANES lanes of x per program."""
     block_r = _next_power_of_2(max(pairs, 1))
     block_q = _next_power_of_2(max(half - pairs, 1))
     lanes = 2 * (block_r + block_q)
-    block_n = min(_next_power_of_2(heads), max(1, _TILE_LANES // lanes))
-    block_t = max(1, _TILE_LANES // (lanes * block_n))
+    block_n = min(_next_power_of_2(heads), _floor_power_of_2(max(1, _TILE_LANES // lanes)))
+    block_t = _floor_power_of_2(max(1, _TILE_LANES // (lanes * block_n)))
     return block_t, block_n, block_r, block_q
 
 
@@ -454,6 +472,7 @@ def _launch(
         F64=constants is not None and constants.dtype == torch.float64,
         NEGATE=negate,
         COPY_NOPE=copy_nope and pairs < half,
+        OUT_BF16=out.dtype == torch.bfloat16,
         BLOCK_T=block_t,
         BLOCK_N=block_n,
         BLOCK_R=block_r,
@@ -530,8 +549,22 @@ def _define_ops() -> None:
                 grad_sin = -grad_sin
         return grad_x, grad_cos, grad_sin, None, None, None
 
+    if _INTERPRETED:  # under fake tensors, the interpreted kernel cannot stand in for itself
+        for name in ("rotate_at", "rotate_by"):
+            torch.library.register_fake(f"p_rope::{name}", _empty_like_first)
+        for name in ("rotate_at_", "rotate_by_"):
+            torch.library.register_fake(f"p_rope::{name}", _nothing)
+
     register_autograd("p_rope::rotate_at", backward_at, setup_context=setup_at)
     register_autograd("p_rope::rotate_by", backward_by, setup_context=setup_by)
+
+
+def _empty_like_first(x: torch.Tensor, *args: Any) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _nothing(*args: Any) -> None:
+    return None
 
 
 def _pairs_of(constants: torch.Tensor) -> int:
