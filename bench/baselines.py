@@ -1,8 +1,8 @@
 """The implementations a user would pick instead of p_rope, as their authors ship them.
 
-Used by bench/run.py (speed) and bench/accuracy.py (error against position). Each computes the
-rotation angle position * frequency in float32, the approach whose error grows with position
-(issue 6):
+Used by the benchmark (bench/entries.py) and bench/accuracy.py (error against position). Each
+computes the rotation angle position * frequency in float32, the approach whose error grows with
+position:
 
 * ``paper_jax``: the published JAX function of the p-RoPE paper / google-deepmind/gemma
   (``apply_rope(..., rope_proportion=p)``): float32 timescales w ** (2i/H) padded with +inf for

@@ -93,7 +93,7 @@ def test_rows_are_unique() -> None:
     assert len(keys) == len(set(keys))
 
 
-def test_issue_targets_are_rows() -> None:
+def test_gpu_and_memory_targets_are_rows() -> None:
     """The GPU targets (bandwidth, in place, decode against flash-attn) and a memory row per backend."""
     for dtype in DTYPES:
         bandwidth = row("torch out of place ≥ 85% of copy bandwidth", "cuda", f"gemma4-global prefill {dtype}")
