@@ -81,7 +81,7 @@ def conformance_report(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite: every backend on every available device, the suite's self-test, vendoring."""
     session.install(TORCH)
-    session.install(".[jax,torch,conformance,test]")
+    session.install(".[jax,torch,conformance,test,triton]")  # triton: the fused kernel's interpreter tests
     session.run("python", "-m", "pytest", *session.posargs)
 
 
