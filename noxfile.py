@@ -101,7 +101,7 @@ def tests_libm(session: nox.Session) -> None:
     """The tests again with NPY_DISABLE_CPU_FEATURES set to every SIMD extension NumPy dispatches to above
     its baseline on this machine (computed here, so any CPU): a second libm path on every CI run."""
     session.install(TORCH)
-    session.install(".[jax,torch,conformance,test]")
+    session.install(".[jax,torch,conformance,test,triton]")  # the environment of the tests session
     output = session.run("python", "-c", ABOVE_BASELINE, silent=True) or ""
     features = output.strip().splitlines()[-1].strip() if output.strip() else ""
     if not features:
