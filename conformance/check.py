@@ -265,7 +265,8 @@ def check(
                            layer_type=layer_type, compile=compile, autocast=autocast)  # fmt: skip
 
     if framework_name == "auto":
-        framework_name = detect_framework(make, timeout)
+        with watchdog.armed("probe (detecting the framework)") if watchdog is not None else contextlib.nullcontext():
+            framework_name = detect_framework(make, timeout)
     fw = framework(framework_name)
     if not fw.present(device):
         raise UsageError(f"device {device} is not present for {framework_name}")
@@ -427,7 +428,7 @@ def _convention_line(outcome: CheckResult) -> str:
     return f"{outcome.signature}: {CONVENTIONS[outcome.signature]}"
 
 
-def render(outcome: CheckResult, level: str, max_failures: int = 10) -> str:
+def render(outcome: CheckResult, level: str, max_failures: int = 10, grade: bool = True) -> str:
     lines = [
         f"p-RoPE conformance check of {outcome.impl} (SPEC.md {SPEC_VERSION})",
         f"framework {outcome.framework}, device {outcome.device}, convention {_convention_line(outcome)}"
@@ -484,7 +485,8 @@ def render(outcome: CheckResult, level: str, max_failures: int = 10) -> str:
             lines.append(f"  {what}: " + (f"rejected ({raised})" if raised else "SILENTLY PRODUCED NUMBERS"))
     if outcome.eager_calls:
         lines.append(f"\nnote: {outcome.eager_calls} calls ran eagerly (the function cannot be traced under jax.jit)")
-    lines += ["", grade_line(outcome)]
+    if grade:
+        lines += ["", grade_line(outcome)]
     return "\n".join(lines)
 
 
@@ -582,7 +584,7 @@ def check_command(args: argparse.Namespace) -> int:
     except ImplementationError as error:
         print(f"p-RoPE conformance check of {args.impl}: {error}\nGRADE: {GRADE_NAMES['fail']}")
         return 1
-    print(render(outcome, args.level, args.max_failures))
+    print(render(outcome, args.level, args.max_failures, grade=False))
     if outcome.reproducers:
         if args.repro_dir is not None:
             args.repro_dir.mkdir(parents=True, exist_ok=True)
@@ -596,6 +598,7 @@ def check_command(args: argparse.Namespace) -> int:
             print(first)
     if args.json is not None:
         args.json.write_text(json.dumps(outcome.to_json(), indent=1, default=finite_json) + "\n")
+    print("\n" + grade_line(outcome))
     passed = LEVEL_ORDER.index(outcome.grade) >= LEVEL_ORDER.index(args.level)
     if args.require_errors and any(raised is None for _, raised in outcome.errors):
         passed = False

@@ -140,7 +140,9 @@ def hf_config(factory: Callable[..., Any], case: Case, max_position: int, layer_
     plain = case.rope_percentage == 1.0 and case.scale_factor == 1.0
     rope: dict[str, Any] = {"rope_type": "default" if plain else "proportional", "rope_theta": case.max_wavelength}
     if not plain:
-        rope |= {"partial_rotary_factor": case.rope_percentage, "factor": case.scale_factor}
+        rope["partial_rotary_factor"] = case.rope_percentage
+    if case.scale_factor != 1.0:
+        rope["factor"] = case.scale_factor
     fields = set(getattr(config_class, "__dataclass_fields__", {})) | set(getattr(config_class, "__annotations__", {}))
     layered = "layer_types" in fields
     kwargs: dict[str, Any] = {
@@ -225,7 +227,7 @@ class HfTarget(ConventionTarget):
         assert self.function is not None
         why = self.common(case)
         if why or case.pairing != "split_half":
-            return why or "needs interleaved pairs (rotate_half pairs i with i + H/2)"
+            return why or "needs pairing interleaved (rotate_half pairs i with i + H/2)"
         if case.seq_axis == -3 and not _accepts(self.function, "unsqueeze_dim"):
             return "needs unsqueeze_dim ([B, L, N, H] inputs)"
         if self.rotary is not None:
@@ -302,6 +304,8 @@ class VllmTarget(ConventionTarget):
             return "needs real positions (a cache is indexed by integer positions)"
         if case.positions.low < 0:
             return "needs negative positions (a cache is indexed by positions >= 0)"
+        if not self.is_kernel and case.rotated_pairs is not None:
+            return "needs rotated_pairs (a layer factory takes rope_percentage)"
         if _cache_rows(case, case.materialize().positions) is None:
             return f"needs a cos/sin cache of more than {CACHE_LIMIT} entries"
         return None
@@ -391,7 +395,7 @@ class AnglesTarget(ConventionTarget):
     def supports(self, case: Case) -> str | None:
         why = self.common(case)
         if why or case.pairing != "interleaved":
-            return why or "needs split-half pairs (this convention rotates interleaved pairs)"
+            return why or "needs pairing split_half (this convention rotates pairs (2i, 2i + 1))"
         if self.rotary is not None and case.rotated_pairs is not None:
             return "needs rotated_pairs (a rotary module takes rope_percentage)"
         return None

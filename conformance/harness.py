@@ -34,7 +34,7 @@ def deadline(seconds: float | None) -> Iterator[None]:
         raise CaseTimeout(f"did not return within {seconds:g} s (--timeout)")
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)  # again every second if the first is swallowed
     try:
         yield
     finally:

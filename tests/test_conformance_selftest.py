@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from p_rope.conformance.check import check
+from p_rope.conformance.check import check, grade_line
 from p_rope.conformance.mutants import MUTANTS, Mutant, correct_p_rope
 from p_rope.conformance.outside import IMPLEMENTATIONS, OutsideImplementation, paper_numpy
 from p_rope.tolerance import UNIT_ROUNDOFF, error_map, rotated_mask
@@ -35,21 +35,31 @@ def test_control_is_strict():
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
-def test_mutant_is_rejected(mutant: Mutant):
-    outcome = check(mutant.function, framework_name="numpy", repro_level=None)
+def test_mutant_is_rejected_and_its_mistake_named(mutant: Mutant):
+    """Rejected at the level MUTANTS states, and the verdict of every failing dtype names the mistake
+    (the GRADE line carries it)."""
+    level = "conformant" if mutant.verdict == "reject" else "strict"
+    outcome = check(mutant.function, framework_name="numpy", repro_level=level)
     assert not _harness_errors(outcome)
     levels = {dtype: s["level"] for dtype, s in outcome.by_dtype().items()}
     assert set(levels) == {"float16", "bfloat16", "float32", "float64"}
     if mutant.verdict == "reject":
         assert outcome.grade == "fail", levels
         assert outcome.failures("conformant"), "rejected without a failing case"
-        for dtype, level in levels.items():
+        for dtype, reached in levels.items():
             expected = ("conformant", "strict") if dtype in mutant.conformant_dtypes else ("fail",)
-            assert level in expected, (dtype, level)
+            assert reached in expected, (dtype, reached)
     else:  # accepted at the conformant level, rejected at the strict level
         assert outcome.grade == "conformant", levels
         assert set(levels.values()) == {"conformant"}
         assert outcome.failures("strict")
+    failing = [d for d in levels if outcome.failures(level) and any(
+        r.case.dtype == d for r in outcome.failures(level))]  # fmt: skip
+    assert failing
+    for dtype in failing:
+        assert mutant.named in outcome.causes[dtype], (dtype, outcome.causes.get(dtype))
+    if mutant.verdict == "reject":
+        assert mutant.named in grade_line(outcome)
 
 
 def test_bf16_cos_sin_is_conformant_not_strict_in_bfloat16():
