@@ -166,15 +166,27 @@ def _cuda_present() -> bool:
     import shutil
     import subprocess
 
-    return shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi", "-L"]).returncode == 0
+    if shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+def _ecosystem_environments() -> dict[str, list]:
+    """nox parameter -> libraries: one environment per library; without CUDA, the GPU-only libraries share
+    one bare environment that records them as not run."""
+    groups = ECOSYSTEM.groups()
+    if _cuda_present():
+        return groups
+    cpu = {name: libs for name, libs in groups.items() if not libs[0].needs_cuda}
+    return cpu | {"cuda-only": [lib for libs in groups.values() for lib in libs if lib.needs_cuda]}
 
 
 @nox.session(python=PYTHON)
-@nox.parametrize("library", list(ECOSYSTEM.groups()))
+@nox.parametrize("library", list(_ecosystem_environments()))
 def ecosystem(session: nox.Session, library: str) -> None:
     """Grade one public library in its own environment at its pins (all of them: `nox -s ecosystem`;
     `-- --check` compares a fresh run with the committed reports/ecosystem.json instead of rewriting it)."""
-    libs = ECOSYSTEM.groups()[library]
+    libs = _ecosystem_environments()[library]
     check = "--check" in session.posargs
     session.notify("ecosystem_report", ["--check"] if check else [])
     constraints = os.path.join(session.create_tmp(), "constraints.txt")
