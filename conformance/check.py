@@ -260,13 +260,14 @@ def check(
         raise UsageError(f"unknown convention {signature!r}; known: {', '.join(CONVENTIONS)}")
     options = (("--compile",) if compile else ()) + ((f"--autocast {autocast}",) if autocast else ())
 
-    def make(fw: Framework) -> CallableTarget:
+    def make(fw: Framework, plain: bool = False) -> CallableTarget:
         return make_target(signature, function, fw, device, name=impl, keywords=keywords, rotary=rotary,
-                           layer_type=layer_type, compile=compile, autocast=autocast)  # fmt: skip
+                           layer_type=layer_type, compile=compile and not plain,
+                           autocast=None if plain else autocast)  # fmt: skip
 
     if framework_name == "auto":
         with watchdog.armed("probe (detecting the framework)") if watchdog is not None else contextlib.nullcontext():
-            framework_name = detect_framework(make, timeout)
+            framework_name = detect_framework(lambda fw: make(fw, plain=True), timeout)
     fw = framework(framework_name)
     if not fw.present(device):
         raise UsageError(f"device {device} is not present for {framework_name}")

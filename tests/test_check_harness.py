@@ -84,16 +84,17 @@ def test_syntax_error_at_import_is_a_failure_not_a_crash(tmp_path: Path, capsys)
 
 
 def test_returning_the_input_at_r0_fails(tmp_path: Path, capsys):
-    body = GOOD.replace("    return p_rope", "    if int(rope_percentage * head_dim // 2) == 0:\n        return inputs\n"
-                        "    return p_rope")  # fmt: skip
+    early = "    if int(rope_percentage * head_dim // 2) == 0:\n        return inputs\n"
+    body = GOOD.replace("    return p_rope", early + "    return p_rope")
     status, out, _ = _check(capsys, "--impl", _impl(tmp_path, body), "--dtype", "float32")
     assert status == 1
     assert "apply/float32/p0-identity" in out and "requires a new array, even at R = 0" in out
 
 
 def test_writing_into_positions_fails(tmp_path: Path, capsys):
-    body = GOOD.replace("    return p_rope", "    out = p_rope.apply_p_rope(inputs, positions, head_dim, "
-                        "max_wavelength, rope_percentage)\n    positions[...] = 0\n    return out\n    return p_rope")  # fmt: skip
+    write = "    out = p_rope.apply_p_rope(inputs, positions, head_dim, max_wavelength, rope_percentage)\n"
+    write += "    positions[...] = 0\n    return out\n"
+    body = GOOD.replace("    return p_rope", write + "    return p_rope")
     status, out, _ = _check(capsys, "--impl", _impl(tmp_path, body), "--dtype", "float32")
     assert status == 1 and "positions: modified by the call" in out
 

@@ -1,0 +1,222 @@
+"""check's call conventions (conformance/conventions.py): each grades the cases it can express and
+lists the others as not tested; correct outside code written in each library's idiom is accepted,
+broken code is rejected with its mistake named. Real libraries run where they are installed
+(transformers, rotary-embedding-torch), as conformance/README.md's commands.
+
+Small case subsets keep these fast; the self-test runs every case.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from p_rope.conformance import outside
+from p_rope.conformance.__main__ import main
+from p_rope.conformance.check import check, grade_line
+from p_rope.conformance.conventions import detect_convention
+
+pytest.importorskip("torch")
+
+SUBSET = ("gemma4-global-kv", "llama-hf-layout-packed", "p0-identity", "p0.58-H100-R28", "p0.5-interleaved",
+          "scale1.5-p0.25", "rotated-pairs-17", "batch-axes-broadcast", "edge-positions", "special-finite")  # fmt: skip
+CLAIMED = ("float16", "bfloat16", "float32")
+
+
+def _check(function, **kw):
+    kw.setdefault("names", SUBSET)
+    kw.setdefault("repro_level", None)
+    return check(function, **kw)
+
+
+def test_seq_axis_alone_opts_in_its_own_cases_only():
+    """A function adding only seq_axis gets the [B, N, L, H] cases, never [L] positions or 5-D inputs
+    (the false reject of issue 12)."""
+    import p_rope
+
+    def rope(inputs, positions, head_dim, max_wavelength=10_000, rope_percentage=1.0, *, seq_axis=-3):
+        if positions.ndim != 2 or inputs.ndim != 4:
+            raise ValueError("[B, L, N, H] inputs and [B, L] positions only")
+        return p_rope.apply_p_rope(inputs, positions, head_dim, max_wavelength, rope_percentage, seq_axis=seq_axis)
+
+    outcome = check(rope, framework_name="numpy", repro_level=None)
+    assert outcome.signature == "ours" and outcome.keywords == frozenset({"seq_axis"})
+    assert outcome.grade == "strict", outcome.causes
+    assert any(r.case.seq_axis == -2 for r in outcome.results)
+    assert all(len(r.case.shape) == 4 and r.case.positions.form == "full" for r in outcome.results)
+    assert any("needs [B, L, N, H] inputs / [B, L] positions" in why for _, why in outcome.untested)
+
+
+@pytest.mark.parametrize(
+    ("function", "convention"),
+    [
+        (outside.hf_apply_rotary_pos_emb, "hf"),
+        (outside.flash_apply_rotary_emb, "flash_attn"),
+        (outside.angles_apply_rotary_emb, "angles"),
+        (outside.gemma_jax, "gemma"),
+        (outside.paper_numpy, "paper"),
+    ],
+)
+def test_conventions_are_detected_from_parameter_names(function, convention: str):
+    assert detect_convention(function)[0] == convention
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("hf-tables", dict(function=outside.hf_apply_rotary_pos_emb)),
+        ("hf-rotary", dict(function=outside.hf_apply_rotary_pos_emb, rotary=outside.HfProportionalRotary)),
+        ("vllm-layer", dict(function=outside.EngineRotary, signature="vllm")),
+        ("flash-attn", dict(function=outside.flash_apply_rotary_emb)),
+        ("angles", dict(function=outside.angles_apply_rotary_emb, names=("p0.5-interleaved", "H6-interleaved"))),
+    ],
+)
+def test_correct_outside_code_is_accepted_in_each_convention(name: str, kw: dict):
+    outcome = _check(**kw, claimed=CLAIMED)
+    assert outcome.framework == "torch"
+    assert outcome.results, "no case ran"
+    assert outcome.grade in ("conformant", "strict"), (name, outcome.causes)
+    assert not [p for r in outcome.results for p in r.problems if "(at conformance/" in p]
+
+
+def _vllm_kernel(positions, query, key, head_size, cos_sin_cache, is_neox):
+    """A kernel given the suite's cache (vLLM's ops.rotary_embedding shape), in place, float32 math."""
+    import torch
+
+    cos, sin = cos_sin_cache[positions].float().chunk(2, dim=-1)
+    for x in (query, key):
+        heads = x.view(x.shape[0], -1, head_size)
+        x1, x2 = (heads[..., : head_size // 2], heads[..., head_size // 2 :]) if is_neox else (
+            heads[..., 0::2], heads[..., 1::2])  # fmt: skip
+        a = x1.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        b = x2.to(a.dtype)
+        c, s = cos[:, None].to(a.dtype), sin[:, None].to(a.dtype)
+        o1, o2 = (a * c - b * s).to(x.dtype), (b * c + a * s).to(x.dtype)
+        x1.copy_(o1)
+        x2.copy_(o2)
+
+
+def test_vllm_kernel_with_the_suites_cache_is_accepted():
+    outcome = _check(_vllm_kernel, claimed=CLAIMED)
+    assert outcome.signature == "vllm"
+    assert {r.case.pairing for r in outcome.results} == {"split_half", "interleaved"}
+    assert outcome.grade in ("conformant", "strict"), outcome.causes
+
+
+class _NeoxEngine(outside.EngineRotary):
+    """An engine layer applying partial_rotary_factor NeoX-style: the first rotary_dim = 2R lanes as
+    pairs (i, i + R), ladder over 2R (what a p-RoPE model loaded as NeoX partial rotary gets)."""
+
+    def __init__(self, head_size, max_position_embeddings, base, partial_rotary_factor=1.0):
+        import torch
+
+        self.head_size, self.is_neox_style = head_size, True
+        rotary_dim = 2 * int(partial_rotary_factor * head_size // 2)
+        inv_freq = base ** -(torch.arange(0, rotary_dim, 2, dtype=torch.float64) / max(rotary_dim, 1))
+        angles = torch.arange(max_position_embeddings, dtype=torch.float64)[:, None] * inv_freq
+        self.rotary_dim = rotary_dim
+        self.cos_sin_cache = torch.cat([angles.cos(), angles.sin()], dim=-1).float()
+
+    def __call__(self, positions, query, key):
+        cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
+        for x in (query, key):
+            part = x.view(x.shape[0], -1, self.head_size)[..., : self.rotary_dim]
+            x1, x2 = part[..., : self.rotary_dim // 2].float(), part[..., self.rotary_dim // 2 :].float()
+            c, s = cos[:, None], sin[:, None]
+            part.copy_(np.concatenate if False else __import__("torch").cat([x1 * c - x2 * s, x2 * c + x1 * s], -1))
+
+
+def test_neox_partial_rotary_engine_is_rejected_with_its_mistake_named():
+    outcome = _check(_NeoxEngine, signature="vllm", dtypes=("float32",))
+    assert outcome.grade == "fail"
+    assert "the NeoX partial rotary" in outcome.causes["float32"]
+    assert "matches the NeoX partial rotary" in grade_line(outcome)
+
+
+def test_autocast_runs_a_matmul_frequency_product_in_bfloat16():
+    """HF's rotary modules take positions x frequencies as a matmul: under torch autocast it runs in
+    bfloat16 (diffusers #13920); --autocast grades that path and names the mistake."""
+    import torch
+
+    def rope(inputs, positions, head_dim, max_wavelength=10_000, rope_percentage=1.0):
+        r = int(rope_percentage * head_dim // 2)
+        inv = 1.0 / max_wavelength ** (torch.arange(0, 2 * r, 2).float() / head_dim)
+        inv = torch.cat([inv, torch.zeros(head_dim // 2 - r)])
+        freqs = (positions.float()[..., None] @ inv[None, :]).float()  # [B, L, H/2]
+        cos, sin = freqs.cos()[..., None, :], freqs.sin()[..., None, :]
+        x1, x2 = inputs.float().chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(inputs.dtype)
+
+    plain = _check(rope, dtypes=("float32",))
+    assert plain.grade == "conformant"
+    mixed = _check(rope, dtypes=("float32",), autocast="bfloat16")
+    assert mixed.grade == "fail" and mixed.options == ("--autocast bfloat16",)
+    assert "autocast-bf16 frequency product" in mixed.causes["float32"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compile_grades_the_compiled_callable():
+    outcome = _check(outside.hf_torch, dtypes=("float32",), names=("gemma4-global-kv",), compile=True)
+    assert outcome.options == ("--compile",) and outcome.results
+    assert outcome.grade == "conformant", outcome.causes
+
+
+def test_compile_and_autocast_need_a_framework_that_has_them(capsys):
+    impl = "p_rope.conformance.outside:paper_numpy"
+    assert main(["check", "--impl", impl, "--compile"]) == 2
+    assert main(["check", "--impl", impl, "--autocast", "bf16"]) == 2
+    assert "no compiler" in capsys.readouterr().err
+
+
+def test_config_sets_the_parameters(tmp_path: Path, capsys):
+    """--config grades at a Hugging Face config's parameters (p_rope.params_from_hf_config)."""
+    config = {
+        "model_type": "gemma4_text", "head_dim": 256, "global_head_dim": 512,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
+        },
+    }  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    args = ["check", "--impl", "p_rope:apply_p_rope", "--config", str(path), "--layer-type", "full_attention",
+            "--dtype", "float32"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "parameters: H=512 w=1e+06 p=0.25 scale_factor=1" in out and "GRADE: STRICT" in out
+    assert main([*args[:-4], "--layer-type", "sliding_attention", "--dtype", "float32"]) == 0
+    assert "parameters: H=256 w=10000 p=1" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Real libraries, as conformance/README.md's commands (skipped, with the reason, where absent)
+
+
+def _needs(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed here (conformance/README.md says how to run it)")
+
+
+def test_transformers_gemma4_proportional_rope(capsys):
+    _needs("transformers")
+    impl = "transformers.models.gemma4.modeling_gemma4:apply_rotary_pos_emb"
+    rotary = "transformers.models.gemma4.modeling_gemma4:Gemma4TextRotaryEmbedding"
+    assert main(["check", "--impl", impl, "--rotary", rotary, "--dtypes-claimed", "f16,bf16,f32"]) == 0
+    out = capsys.readouterr().out
+    assert "convention hf" in out
+    assert "GRADE for the claimed float16, bfloat16, float32: CONFORMANT" in out.splitlines()[-1]
+    assert "  float64: matches float32 arithmetic on float64 inputs" in out
+
+
+def test_rotary_embedding_torch(capsys):
+    _needs("rotary_embedding_torch")
+    args = ["check", "--impl", "rotary_embedding_torch:apply_rotary_emb", "--rotary",
+            "rotary_embedding_torch:RotaryEmbedding"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "convention angles" in out and "GRADE: CONFORMANT" in out
