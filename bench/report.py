@@ -131,7 +131,8 @@ def render_section(section: dict[str, Any]) -> list[str]:
     lines = [f"## Device: {section['machine']['device']}", ""]
     lines += [
         f"Measured {section['date']} with `{section['command']}` in {section['elapsed_s']:.0f} s, "
-        f"{section['reps']} samples per implementation.",
+        f"{section['reps']} samples per implementation."
+        + (" Interrupted: only the cases below were measured." if section.get("interrupted") else ""),
         "",
     ]
     lines += ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in section["machine"].items()]

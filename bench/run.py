@@ -15,7 +15,9 @@ Options:
     --include FILE      a --json file of another run to add as its device's section (repeatable); by
                         default BENCHMARKS.md takes the other devices' reports/bench/<device>.json
     --report-dir DIR    write DIR/<device>.json and DIR/BENCHMARKS-<gpu|cpu>.md (this device's section
-                        alone) instead of the defaults; what tools/device_check.sh collects
+                        alone) instead of the defaults, rewritten after every case (a run cut short
+                        keeps the cases it finished, marked interrupted); what tools/device_check.sh
+                        collects
     --render            measure nothing: render --out from reports/bench/<device>.json (or --include)
     --reps N            samples per implementation (default 21; 3 with --quick)
     --sample-ms MS      the least duration of one sample's batch of calls (default 50)
@@ -37,9 +39,11 @@ import dataclasses
 import datetime
 import gc
 import os
+import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +99,9 @@ def render_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
-    """One run on one device: every case measured, as a section of the report."""
+def measure(args: argparse.Namespace, argv: list[str] | None, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """One run on one device: every case measured, as a section of the report; ``save`` gets the
+    section so far, marked interrupted, after each case."""
     from bench import entries
 
     reps = args.reps or (3 if args.quick else 21)
@@ -104,6 +109,21 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     started, load_start = time.perf_counter(), os.getloadavg()
     cases: list[CaseResult] = []
     hf_source = ""
+
+    def section(interrupted: bool) -> dict[str, Any]:
+        return {
+            "device": args.device,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": shlex.join(["python", "bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+            "elapsed_s": time.perf_counter() - started,
+            "machine": harness.machine_info(args.device, args.threads, load_start),
+            "hf_source": hf_source,
+            "quick": args.quick,
+            "reps": reps,
+            "interrupted": interrupted,
+            "cases": [dataclasses.asdict(c) for c in cases],
+        }
+
     for layer in LAYERS:
         for mode in modes:
             for dtype in ("float32",) if args.quick else DTYPES:
@@ -115,17 +135,8 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
                 hf_source = case.hf_source or hf_source
                 del case
                 gc.collect()
-    return {
-        "device": args.device,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "elapsed_s": time.perf_counter() - started,
-        "machine": harness.machine_info(args.device, args.threads, load_start),
-        "hf_source": hf_source,
-        "quick": args.quick,
-        "reps": reps,
-        "cases": [dataclasses.asdict(c) for c in cases],
-    }
+                save(section(interrupted=True))
+    return section(interrupted=False)
 
 
 def outputs(args: argparse.Namespace) -> tuple[Path, Path, list[Path], tuple[str, ...]]:
@@ -163,10 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         log("--device cuda: torch sees no CUDA device")
         return 2
     json_path, out_path, includes, expect = outputs(args)
-    section = measure(args, argv)
-    report.write(json_path, report.section_json(section))
-    sections = [section] + [report.read_section(path) for path in includes if path.resolve() != json_path.resolve()]
-    report.write(out_path, report.render(sections, expect))
+    others = [report.read_section(path) for path in includes if path.resolve() != json_path.resolve()]
+
+    def save(section: dict[str, Any]) -> None:
+        report.write(json_path, report.section_json(section))
+        report.write(out_path, report.render([section, *others], expect))
+
+    section = measure(args, argv, save if args.report_dir is not None else lambda section: None)
+    save(section)
     log(f"wrote {out_path} and {json_path} in {section['elapsed_s']:.0f} s")
     return 0
 

@@ -321,6 +321,13 @@ def test_report_has_its_sections_and_a_gpu_placeholder() -> None:
     assert decode + "0.4 ms = 0.75x | **met** |" in text
 
 
+def test_interrupted_run_says_so() -> None:
+    assert "Interrupted: only the cases below were measured." in report.render(
+        [{**tiny_section(), "interrupted": True}]
+    )
+    assert "Interrupted" not in report.render([tiny_section()])
+
+
 def test_report_dir_section_alone() -> None:
     text = report.render([tiny_section("cuda")], expect=())
     assert "## Device: cuda" in text and "## Device: cpu" not in text
