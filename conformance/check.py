@@ -34,7 +34,7 @@ from .diagnose import _unsupported, cause
 from .execute import INVALID_CALLS, CaseResult, execute, finite_json
 from .frameworks import Framework, framework
 from .harness import Watchdog, deadline
-from .repro import describe_result, script, shrink_candidates
+from .repro import describe_result, script, shrink_candidates, shrink_head
 from .run import LEVEL_ORDER, aggregate
 from .targets import OUR_KEYWORDS, SIGNATURES, CallableTarget, ImplementationError, UsageError, load_callable
 
@@ -399,6 +399,12 @@ def reproduce(
     if chosen is None:  # only fails in the whole case (e.g. depends on every row): keep it all
         chosen = (case, arrays.inputs, arrays.positions, result)
     sub, x, positions, sub_result = chosen
+    for smaller, x_small in shrink_head(sub, x):  # the smallest head dimension that still fails
+        small_arrays = dataclasses.replace(arrays, inputs=x_small, positions=positions)
+        small_result = execute(target, smaller, small_arrays)
+        if not small_result.passed(level):
+            sub, x, sub_result = smaller, x_small, small_result
+            break
     observed = describe_result(sub_result, level)
     text = script(
         sub,

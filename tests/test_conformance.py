@@ -182,6 +182,21 @@ def test_check_command_rejects_a_mutant_with_a_runnable_reproducer(tmp_path: Pat
     assert run.returncode != 0 and "AssertionError" in run.stderr and "conformant bound" in run.stderr
 
 
+def test_reproducers_shrink_the_head_dimension(tmp_path: Path, capsys):
+    """A failure on Gemma 4's H = 512 heads is reproduced on a head of a few pairs (the failing pair
+    and a NoPE pair), in a script of about 40 lines that fails when run."""
+    status = main(["check", "--impl", "p_rope.conformance.mutants:compact_pairing", "--dtype", "float32",
+                   "--repro-dir", str(tmp_path)])  # fmt: skip
+    capsys.readouterr()
+    assert status == 1
+    script = tmp_path / "repro_apply_float32_gemma4-global-kv.py"
+    text = script.read_text()
+    assert "on (1, 1, 1, 8) inputs" in text and "H, W, P, R, SCALE = 8," in text
+    assert len(text.splitlines()) <= 45
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "NoPE lanes are not bit-identical" in run.stderr
+
+
 def test_check_command_accepts_the_reference_by_path(tmp_path: Path, capsys):
     impl = tmp_path / "my_rope.py"
     impl.write_text(
