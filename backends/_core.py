@@ -249,8 +249,10 @@ def rotate_pairs(x1: Any, x2: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
     return x1 * cos - x2 * sin, x2 * cos + x1 * sin
 
 
-def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int) -> Any:
-    """Rotate the 2R rotated lanes of x by tables; NoPE lanes are copied bit for bit."""
+def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int, as_bits: bool = False) -> Any:
+    """Rotate the 2R rotated lanes of x by tables; NoPE lanes are copied bit for bit. as_bits: a
+    16-bit float x is concatenated as its uint16 bits (x.view, as NumPy, JAX and torch offer), for
+    libraries that copy 16-bit floats through float32, quieting NaN payloads (XLA:CPU)."""
     head_dim = x.shape[-1]
     pairs = tables.cos.shape[-1]
     if pairs == 0:
@@ -260,11 +262,16 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int) -> 
     first, second = rotated_lane_slices(head_dim, pairs, pairing)
     o1, o2 = rotate_pairs(xp.astype(x[..., first], compute), xp.astype(x[..., second], compute), cos, sin)
     o1, o2 = xp.astype(o1, x.dtype), xp.astype(o2, x.dtype)
+    dtype = x.dtype
+    if as_bits and dtype_name(dtype) in ("float16", "bfloat16"):
+        x, o1, o2 = (a.view(xp.uint16) for a in (x, o1, o2))
     if pairing == "split_half":
         half = head_dim // 2
-        return xp.concat([o1, x[..., pairs:half], o2, x[..., half + pairs :]], axis=-1)
-    interleaved = xp.reshape(xp.stack([o1, o2], axis=-1), (*o1.shape[:-1], 2 * pairs))
-    return xp.concat([interleaved, x[..., 2 * pairs :]], axis=-1)
+        out = xp.concat([o1, x[..., pairs:half], o2, x[..., half + pairs :]], axis=-1)
+    else:
+        interleaved = xp.reshape(xp.stack([o1, o2], axis=-1), (*o1.shape[:-1], 2 * pairs))
+        out = xp.concat([interleaved, x[..., 2 * pairs :]], axis=-1)
+    return out.view(dtype) if out.dtype != dtype else out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def _positions_meta(positions: object) -> ArrayMeta | BadPositions:
     if _is_array(positions):
         array = np.asarray(positions)
         return ArrayMeta(array.dtype.name, array.shape)
-    return python_positions(positions)
+    return python_positions(positions, 64 if _x64_enabled() else 32)
 
 
 def _jax_array(value: Any, argument: str) -> jax.Array:
@@ -359,25 +359,39 @@ def _rotated_pairs(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> ja
     return jnp.stack([o1, o2], axis=-2 if pairing == "split_half" else -1)
 
 
+def _bits(a: jax.Array) -> jax.Array:
+    """A 16-bit float array as uint16 (bit for bit): XLA:CPU emulates 16-bit float copies in float32,
+    which quiets NaN payloads; integer copies keep every bit."""
+    return lax.bitcast_convert_type(a, jnp.uint16) if a.dtype.itemsize == 2 else a
+
+
+def _floats(a: jax.Array, dtype: Any) -> jax.Array:
+    return lax.bitcast_convert_type(a, dtype) if a.dtype != dtype else a
+
+
 def _rotate_in_place(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> jax.Array:
     """A copy of x whose rotated lanes are overwritten by dynamic-update-slices: XLA copies x (or
-    reuses its buffer) and touches only the 2R rotated lanes, reading them from x."""
-    rotated = _rotated_pairs(x, c, s, pairing)
+    reuses its buffer) and touches only the 2R rotated lanes, reading them from x. 16-bit floats
+    are copied as their bits (_bits), so NoPE lanes keep NaN payloads."""
+    rotated = _bits(_rotated_pairs(x, c, s, pairing))
     last = x.ndim - 1
     if pairing == "split_half":
-        out = lax.dynamic_update_slice_in_dim(x, rotated[..., 0, :], 0, axis=last)
-        return lax.dynamic_update_slice_in_dim(out, rotated[..., 1, :], x.shape[-1] // 2, axis=last)
-    return lax.dynamic_update_slice_in_dim(x, rotated.reshape(*x.shape[:-1], -1), 0, axis=last)
+        out = lax.dynamic_update_slice_in_dim(_bits(x), rotated[..., 0, :], 0, axis=last)
+        out = lax.dynamic_update_slice_in_dim(out, rotated[..., 1, :], x.shape[-1] // 2, axis=last)
+    else:
+        out = lax.dynamic_update_slice_in_dim(_bits(x), rotated.reshape(*x.shape[:-1], -1), 0, axis=last)
+    return _floats(out, x.dtype)
 
 
 def _rotate_materialized(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> jax.Array:
     """bfloat16 with NoPE lanes on XLA:CPU, which emulates bfloat16 dynamic-update-slice in float32
     over the whole array: fused into that pass, the rotation would be evaluated for every lane.
-    The rotated lanes are materialized in their own fusion, then written over x in one pass."""
+    The rotated lanes are materialized in their own fusion, then written over x's bits in one pass."""
     rotated = _own_fusion_on_cpu(functools.partial(_rotated_pairs, pairing=pairing), x, x, c, s)
     half = x.shape[-1] // 2
-    view = x.reshape(*x.shape[:-1], *((2, half) if pairing == "split_half" else (half, 2)))
-    return lax.dynamic_update_slice(view, rotated, (0,) * view.ndim).reshape(x.shape)
+    view = _bits(x).reshape(*x.shape[:-1], *((2, half) if pairing == "split_half" else (half, 2)))
+    out = lax.dynamic_update_slice(view, _bits(rotated), (0,) * view.ndim).reshape(x.shape)
+    return _floats(out, x.dtype)
 
 
 def _rotate_whole(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> jax.Array:

@@ -264,8 +264,10 @@ def check_positions(meta: ArrayMeta | NotAnArray | BadPositions) -> ArrayMeta:
                 f"positions must be an array or a nested sequence of numbers of one shape; got the ragged {meta.value}"
             )
         bits = int(meta.problem.removeprefix("int"))
+        why = "" if bits == 64 else ", the widest integer JAX holds with jax_enable_x64 off"
         raise ValueError(
-            f"positions given as Python ints must lie in [-2**{bits - 1}, 2**{bits - 1}) (int{bits}); got {meta.value}"
+            f"positions given as Python ints must lie in [-2**{bits - 1}, 2**{bits - 1}) (int{bits}{why}); "
+            f"got {meta.value}"
         )
     array = check_array(meta, "positions")
     check_positions_dtype(array.dtype)

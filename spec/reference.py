@@ -10,8 +10,6 @@ positions broadcastable to [B..., L]; tables [B'..., L, R]. See SPEC.md, "Shapes
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from . import _params as P
@@ -41,7 +39,7 @@ def _positions(positions: object) -> tuple[np.ndarray | None, P.ArrayMeta | P.Ba
     """positions as an array (None where no array holds them as SPEC.md says) and their metadata.
     Python numbers and nested sequences become int64, float64 or bool (SPEC.md §4); an array of
     another library is converted by numpy.asarray."""
-    if isinstance(positions, (list, tuple, numbers.Number)) and not isinstance(positions, np.generic):
+    if not (isinstance(positions, np.generic) or hasattr(positions, "__array__")):
         meta = P.python_positions(positions)
         if isinstance(meta, P.BadPositions) or meta.dtype == "object":
             return None, meta

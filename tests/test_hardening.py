@@ -1,0 +1,372 @@
+"""Adversarial inputs, on every implementation: each bad argument gets SPEC.md's error before any
+work, each valid call the reference's answer (SPEC.md §4, §6, §9; the defects of issue 11).
+
+Every test takes the implementation as a pytest parameter (`impl`); expected values come from the
+NumPy reference or from SPEC.md's messages, never from the implementation under test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import p_rope
+import pytest
+
+from tests.helpers import assert_conforms, to_numpy
+
+
+@dataclass(frozen=True)
+class Impl:
+    """An implementation under test: its module, NumPy -> native arrays, and what it offers."""
+
+    name: str
+    module: Any
+    native: Any
+    in_place: bool
+    library: str  # "numpy", "torch" or "jax": the library of its arrays
+
+
+def _torch_native(array: np.ndarray) -> Any:
+    torch = importlib.import_module("torch")
+    if array.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(array.copy())
+
+
+def _jax_native(array: np.ndarray) -> Any:
+    return importlib.import_module("jax.numpy").asarray(array)
+
+
+def _make(name: str) -> Impl:
+    if name == "reference":
+        return Impl(name, p_rope, np.copy, True, "numpy")
+    library = name.split(":")[-1]
+    pytest.importorskip(library)
+    native = {"numpy": np.copy, "torch": _torch_native, "jax": _jax_native}[library]
+    if name.startswith("array_api:"):
+        module = importlib.import_module("p_rope.backends.array_api")
+        return Impl(name, module, native, library != "jax", library)
+    return Impl(name, importlib.import_module(f"p_rope.backends.{name}"), native, name == "torch", library)
+
+
+IMPLS = ["reference", "array_api:numpy", "array_api:torch", "array_api:jax", "torch", "jax"]
+IN_PLACE = ["reference", "array_api:numpy", "array_api:torch", "torch"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> Impl:
+    return _make(request.param)
+
+
+@pytest.fixture(params=IN_PLACE)
+def in_place_impl(request: pytest.FixtureRequest) -> Impl:
+    return _make(request.param)
+
+
+def reference_error(call: Any) -> BaseException:
+    with pytest.raises((TypeError, ValueError)) as caught:
+        call(p_rope)
+    return caught.value
+
+
+def assert_same_error(impl: Impl, call: Any) -> None:
+    """call(impl.module) raises the reference's exception type with the reference's message."""
+    expected = reference_error(call)
+    with pytest.raises(type(expected), match=f"^{re.escape(str(expected))}$"):
+        call(impl.module)
+
+
+# ---------------------------------------------------------------------------------------------
+# in place on memory shared between elements
+
+
+def _overlapping(impl: Impl, kind: str) -> Any:
+    """A writable array whose elements share memory: a batch axis of stride 0 (an expanded view),
+    or tokens whose windows overlap (as_strided), over a [1, 8, 2, 16] float32 base."""
+    base = np.random.default_rng(0).standard_normal((1, 8, 2, 16)).astype(np.float32)
+    if impl.library == "torch":
+        tensor = _torch_native(base)
+        if kind == "expanded":
+            return tensor.expand(2, 8, 2, 16)
+        return tensor.as_strided((1, 4, 2, 16), (256, 16, 16, 1))  # token t's 2nd head is t + 1's 1st
+    strides = np.array(base.strides)
+    if kind == "expanded":
+        return np.lib.stride_tricks.as_strided(base, (2, 8, 2, 16), (0, *base.strides[1:]))
+    return np.lib.stride_tricks.as_strided(base, (1, 4, 2, 16), tuple(strides[[0, 3, 3, 3]] * [1, 16, 16, 1]))
+
+
+@pytest.mark.parametrize("kind", ["expanded", "overlapping-tokens"])
+def test_in_place_rejects_internal_overlap(in_place_impl: Impl, kind: str) -> None:
+    x = _overlapping(in_place_impl, kind)
+    before = to_numpy(x).copy()
+    with pytest.raises(ValueError, match=r"^inputs has shape .* under which elements may share memory"):
+        in_place_impl.module.apply_p_rope_(x, np.arange(x.shape[1]), 16, 10_000.0, 0.25)
+    assert np.array_equal(to_numpy(x), before)  # nothing written
+
+
+def test_in_place_on_a_large_expanded_batch_is_refused(in_place_impl: Impl) -> None:
+    """Issue 11's case: base.expand(2, 1, 3200, 128) at p = 0.25 was rotated once per chunk."""
+    base = np.ones((1, 1, 3200, 128), np.float32)
+    if in_place_impl.library == "torch":
+        x = _torch_native(base).expand(2, 1, 3200, 128)
+    else:
+        x = np.lib.stride_tricks.as_strided(base, (2, 1, 3200, 128), (0, *base.strides[1:]))
+    with pytest.raises(ValueError, match="may share memory"):
+        in_place_impl.module.apply_p_rope_(x, np.arange(3200), 128, 10_000.0, 0.25, seq_axis=-2)
+    assert np.all(to_numpy(x) == 1.0)
+
+
+def test_in_place_on_views_without_overlap_is_allowed(in_place_impl: Impl) -> None:
+    """Transposed, sliced and reversed views whose elements are distinct are rotated in place."""
+    rng = np.random.default_rng(1)
+    full = rng.standard_normal((2, 6, 3, 32)).astype(np.float32)
+    expected = p_rope.apply_p_rope(full[:, ::2], np.arange(3), 32, 100.0, 0.5)
+    if in_place_impl.library == "torch":
+        x = _torch_native(full)[:, ::2]
+    else:
+        x = full.copy()[:, ::2]
+    out = in_place_impl.module.apply_p_rope_(x, np.arange(3), 32, 100.0, 0.5)
+    assert_conforms(out, full[:, ::2], np.arange(3), 32, 100.0, 0.5, level="strict")
+    assert to_numpy(out).shape == expected.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# positions: every integer dtype, 64-bit integers on JAX without x64, bad values
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32", "uint64"])
+def test_every_integer_position_dtype(impl: Impl, dtype: str) -> None:
+    """SPEC.md §4: any integer dtype, signed or unsigned, any width."""
+    info = np.iinfo(dtype)
+    positions = np.array([[0, 1, 2, 7], [info.max, max(info.min, -5), 100, info.max - 1]], dtype=dtype)
+    x = np.random.default_rng(2).standard_normal((2, 4, 3, 64)).astype(np.float32)
+    if impl.library == "jax" and dtype == "uint64":  # NumPy positions: JAX has no uint64 without x64
+        with pytest.raises(ValueError, match="positions of dtype uint64 hold 18446744073709551615, beyond uint32"):
+            impl.module.apply_p_rope(impl.native(x), positions, 64, 10_000.0, 0.5)
+        positions[1, [0, 3]] = 2**32 - 1
+    native = positions if impl.library == "jax" and dtype == "uint64" else impl.native(positions)
+    out = impl.module.apply_p_rope(impl.native(x), native, 64, 10_000.0, 0.5)
+    assert_conforms(out, x, positions.astype(np.float64), 64, 10_000.0, 0.5)
+
+
+@pytest.mark.parametrize("impl_name", ["jax", "array_api:jax"])
+@pytest.mark.parametrize("given", ["numpy-int64", "python-ints"])
+def test_jax_without_x64_never_wraps_positions(impl_name: str, given: str) -> None:
+    """With jax_enable_x64 off, 2**32 + 7 would become 7: refused, naming jax_enable_x64."""
+    impl = _make(impl_name)
+    x = impl.native(np.ones((1, 2, 1, 8), np.float32))
+    positions: Any = np.array([[5, 2**32 + 7]]) if given == "numpy-int64" else [[5, 2**32 + 7]]
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        impl.module.apply_p_rope(x, positions, 8)
+    small = np.array([[5, 2**31 - 1]]) if given == "numpy-int64" else [[5, 2**31 - 1]]
+    out = impl.module.apply_p_rope(x, small, 8)
+    assert_conforms(out, np.ones((1, 2, 1, 8), np.float32), np.array([[5, 2**31 - 1]]), 8)
+
+
+BAD_POSITIONS = {
+    "None": None,
+    "str": "0 1 2",
+    "object-array": np.array([0, 1, None], dtype=object),
+    "datetime64": np.array(["2026-01-01", "2026-01-02", "2026-01-03"], dtype="datetime64[D]"),
+    "datetime-objects": [datetime.date(2026, 1, d) for d in (1, 2, 3)],
+    "longdouble": np.arange(3, dtype=np.longdouble),
+    "ragged": [[0, 1], [2]],
+    "int-2**63": [0, 1, 2**63],
+    "int-2**64": 2**64,
+    "int-minus-2**63-1": [-(2**63) - 1, 0, 1],
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_POSITIONS))
+def test_bad_positions_get_spec_errors(impl: Impl, kind: str) -> None:
+    if kind == "longdouble" and np.dtype(np.longdouble) == np.dtype(np.float64):
+        pytest.skip("longdouble is float64 on this platform")
+    positions = BAD_POSITIONS[kind]
+    x = np.zeros((1, 3, 2, 4), np.float32)
+
+    def call(module: Any) -> Any:
+        inputs = x.copy() if module is p_rope else impl.native(x)
+        return module.apply_p_rope(inputs, positions, 4)
+
+    if impl.library == "jax" and kind.startswith("int-"):  # without x64, Python ints must fit int32
+        with pytest.raises(ValueError, match=r"\(int32, the widest integer JAX holds with jax_enable_x64 off\)"):
+            call(impl.module)
+        return
+    assert_same_error(impl, call)
+
+
+def test_huge_finite_float64_positions(impl: Impl) -> None:
+    """A finite position of 1e300 gives finite values (SPEC.md §6: only non-finite positions give
+    NaN); beyond 2**24 the conformant level applies."""
+    positions = np.array([[1e300, -1e300, 3.0e38, 2.0**80 + 0.5]], np.float64)
+    x = np.random.default_rng(3).standard_normal((1, 4, 2, 16)).astype(np.float32)
+    if impl.library == "jax":
+        jax = importlib.import_module("jax")
+        with jax.enable_x64(True):  # without x64, JAX itself makes float64 data float32 (SPEC.md §5)
+            out = to_numpy(impl.module.apply_p_rope(impl.native(x), impl.native(positions), 16))
+    else:
+        out = impl.module.apply_p_rope(impl.native(x), impl.native(positions), 16)
+    assert np.all(np.isfinite(to_numpy(out)))
+    assert_conforms(out, x, positions, 16)
+
+
+@pytest.mark.parametrize("impl_name", ["array_api:torch", "array_api:jax"])
+def test_numpy_positions_go_to_the_inputs_library(impl_name: str) -> None:
+    impl = _make(impl_name)
+    x = np.random.default_rng(4).standard_normal((2, 3, 2, 8)).astype(np.float32)
+    for positions in (np.arange(3), np.arange(3, dtype=np.uint8), [[0, 1, 2], [3, 4, 5]], 7):
+        out = impl.module.apply_p_rope(impl.native(x), positions, 8)
+        assert_conforms(out, x, np.asarray(positions), 8, level="strict")
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters: tiny and huge values
+
+
+@pytest.mark.parametrize("positions_dtype", ["int64", "float32"])
+def test_max_wavelength_below_one(impl: Impl, positions_dtype: str) -> None:
+    """w = 0.01 is valid (pairs then turn more than once per unit position)."""
+    positions = np.array([[0, 1, 3, 1000, 2**20, -77]]).astype(positions_dtype)
+    if positions_dtype == "float32":
+        positions = positions + np.float32(0.375)
+    x = np.random.default_rng(5).standard_normal((1, 6, 2, 64)).astype(np.float32)
+    out = impl.module.apply_p_rope(impl.native(x), impl.native(positions), 64, 0.01, 0.5)
+    assert_conforms(out, x, positions, 64, 0.01, 0.5, level="strict")
+
+
+def test_frequencies_overflowing_float64_are_refused(impl: Impl) -> None:
+    """w = 5e-324 with H = 1024: freq_511 = w ** (-1022/1024) is about 1e321, beyond float64."""
+    x = np.zeros((1, 2, 1, 1024), np.float32)
+
+    def call(module: Any) -> Any:
+        return module.apply_p_rope(x.copy() if module is p_rope else impl.native(x), np.arange(2), 1024, 5e-324)
+
+    assert_same_error(impl, call)
+    with pytest.raises(ValueError, match=r"overflow float64"):
+        call(impl.module)
+
+
+@pytest.mark.parametrize("parameter", ["rope_percentage", "max_wavelength", "scale_factor"])
+def test_huge_python_int_parameters(impl: Impl, parameter: str) -> None:
+    """10**400 is a real number that no float holds: SPEC.md's ValueError, not OverflowError."""
+    x = np.zeros((1, 3, 2, 4), np.float32)
+
+    def call(module: Any) -> Any:
+        return module.apply_p_rope(
+            x.copy() if module is p_rope else impl.native(x), np.arange(3), 4, **{parameter: 10**400}
+        )
+
+    assert_same_error(impl, call)
+    with pytest.raises(ValueError, match=f"^{parameter} must be "):
+        call(impl.module)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+@pytest.mark.parametrize("sin_dtype", ["float16", "int32", "bool", "float64"])
+def test_tables_of_two_dtypes_refused(impl: Impl, sin_dtype: str) -> None:
+    x = np.zeros((1, 3, 2, 4), np.float32)
+    cos = np.ones((3, 2), np.float32)
+    sin = np.zeros((3, 2), sin_dtype)
+
+    def call(module: Any) -> Any:  # JAX would make float64 tables float32: they stay NumPy arrays
+        convert = np.copy if module is p_rope else impl.native
+        keep = np.copy if module is p_rope or impl.library == "jax" else impl.native
+        return module.apply_p_rope_tables(convert(x), p_rope.RopeTables(keep(cos), keep(sin)))
+
+    assert_same_error(impl, call)
+    with pytest.raises(TypeError, match=r"^tables.cos and tables.sin must have the same dtype"):
+        call(impl.module)
+
+
+@pytest.mark.parametrize("head_dim", [5, 1])
+def test_tables_on_odd_head_dim_refused(impl: Impl, head_dim: int) -> None:
+    x = np.zeros((1, 3, 2, head_dim), np.float32)
+    tables = p_rope.RopeTables(np.ones((3, 0), np.float32), np.zeros((3, 0), np.float32))
+
+    def call(module: Any) -> Any:
+        convert = np.copy if module is p_rope else impl.native
+        return module.apply_p_rope_tables(convert(x), p_rope.RopeTables(*(convert(t) for t in tables)))
+
+    assert_same_error(impl, call)
+    with pytest.raises(ValueError, match=r"must be a positive even head_dim"):
+        call(impl.module)
+
+
+# ---------------------------------------------------------------------------------------------
+# special values: NaN payloads in NoPE lanes
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_nan_payloads_in_nope_lanes_kept_bit_for_bit(impl: Impl, dtype: str) -> None:
+    """SPEC.md §6: NoPE lanes come back bit for bit, NaN payloads (quiet or signaling) included."""
+    rng = np.random.default_rng(6)
+    bits = rng.standard_normal((2, 5, 3, 32)).astype(dtype).view(np.uint16)
+    payloads = np.array([0x7F81, 0xFFC1, 0x7FC3, 0xFF85] if dtype == "bfloat16" else [0x7C01, 0xFE01, 0x7E03, 0xFC05])
+    bits[..., 20:24] = payloads.astype(np.uint16)  # NoPE lanes for H = 32, p = 0.25 (R = 4)
+    x = bits.view(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16)
+    out = to_numpy(impl.module.apply_p_rope(impl.native(x), np.arange(5), 32, 10_000.0, 0.25))
+    got = out.view(np.uint16)
+    nope = np.r_[4:16, 20:32]
+    assert np.array_equal(got[..., nope], bits[..., nope])
+
+
+# ---------------------------------------------------------------------------------------------
+# devices
+
+
+@pytest.mark.parametrize("impl_name", ["torch", "array_api:torch"])
+def test_qk_on_two_devices_refused(impl_name: str) -> None:
+    impl = _make(impl_name)
+    torch = importlib.import_module("torch")
+    q = torch.zeros(1, 3, 2, 4)
+    k = torch.zeros(1, 3, 2, 4, device="meta")
+    with pytest.raises(ValueError, match=r"^q and k must be on the same device; got cpu and meta$"):
+        impl.module.apply_p_rope_qk(q, k, torch.arange(3), 4)
+
+
+def test_jax_qk_on_two_devices_refused() -> None:
+    jax = pytest.importorskip("jax")
+    pj = importlib.import_module("p_rope.backends.jax")
+    devices = jax.devices()
+    if len(devices) < 2:
+        pytest.skip("one JAX device only")
+    q = jax.device_put(np.zeros((1, 3, 2, 4), np.float32), devices[0])
+    k = jax.device_put(np.zeros((1, 3, 2, 4), np.float32), devices[1])
+    with pytest.raises(ValueError, match=r"^q and k must be on the same device"):
+        pj.apply_p_rope_qk(q, k, np.arange(3), 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile
+
+
+@pytest.mark.parametrize("fullgraph", [False, True], ids=["graph-breaks-allowed", "fullgraph"])
+@pytest.mark.parametrize(
+    "bad", [dict(head_dim=5), dict(pairing="rotate_half"), dict(max_wavelength=-1.0)], ids=["head_dim", "pairing", "w"]
+)
+def test_compiled_invalid_arguments(fullgraph: bool, bad: dict[str, Any]) -> None:
+    """SPEC.md's error under torch.compile; with fullgraph=True dynamo turns any exception raised in
+    the compiled region into its Unsupported error, which carries SPEC.md's exception and message."""
+    torch = pytest.importorskip("torch")
+    pt = importlib.import_module("p_rope.backends.torch")
+    x, positions = torch.zeros(1, 3, 2, 4), torch.arange(3)
+    kwargs = {"head_dim": 4, **bad}
+    expected = reference_error(lambda m: m.apply_p_rope(np.zeros((1, 3, 2, 4), np.float32), np.arange(3), **kwargs))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: pt.apply_p_rope(a, b, **kwargs), fullgraph=fullgraph, backend="eager")
+    if not fullgraph:
+        with pytest.raises(type(expected), match=f"^{re.escape(str(expected))}$"):
+            compiled(x, positions)
+        return
+    with pytest.raises(torch._dynamo.exc.Unsupported) as caught:
+        compiled(x, positions)
+    assert f"{type(expected).__name__}({str(expected)!r})" in str(caught.value)
