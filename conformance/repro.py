@@ -37,6 +37,8 @@ def _literal(array: np.ndarray) -> str:
                 items.append("inf" if v > 0 else "-inf")
             else:
                 items.append(np.format_float_positional(v, unique=True, trim="-") if as32 else repr(float(v)))
+    if len(", ".join(items)) <= 60:
+        return "[" + ", ".join(items) + ",]"
     lines, line = [], "    "
     for item in items:
         if len(line) + len(item) > 96:
@@ -66,40 +68,45 @@ out, x_after = np.asarray(impl(x_in, positions{args})), x_in
 """,
     "torch": """\
 import torch
-
+bf16 = x.dtype.name == "bfloat16"
 to_torch = lambda a: torch.from_numpy(a.astype(np.float32) if a.dtype.name == "bfloat16" else a.copy())  # noqa: E731
-back = lambda t: t.detach().cpu().float().numpy().astype(x.dtype) if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()  # noqa: E501, E731
-x_in = to_torch(x).to(torch.bfloat16 if x.dtype.name == "bfloat16" else None).to(DEVICE)
+back = lambda t: (t.detach().cpu().float() if bf16 else t.detach().cpu()).numpy().astype(x.dtype)  # noqa: E731
+x_in = to_torch(x).to(torch.bfloat16 if bf16 else None).to(DEVICE)
 out, x_after = back(impl(x_in, to_torch(positions).to(DEVICE){args})), back(x_in)
 """,
     "jax": """\
 import jax
 
 jax.config.update("jax_enable_x64", {x64})
-x_in = jax.device_put(x, jax.devices({platform!r})[0])
-out, x_after = np.asarray(impl(x_in, jax.device_put(positions, jax.devices({platform!r})[0]){args})), np.asarray(x_in)
+device = jax.devices({platform!r})[0]
+x_in = jax.device_put(x, device)
+out, x_after = np.asarray(impl(x_in, jax.device_put(positions, device){args})), np.asarray(x_in)
 """,
 }
 
 _CHECK = """\
-# SPEC.md section 2 in float64: pairs (i, i + H/2) or (2i, 2i + 1) for i < R, angle position * W ** (-2i/H) / SCALE
+# SPEC.md section 2 in float64: pairs (i, i + H/2) or (2i, 2i + 1), i < R, angle position * W ** (-2i/H) / SCALE
 i = np.arange(R)
 a, b = (i, i + H // 2) if PAIRING == "split_half" else (2 * i, 2 * i + 1)
-angle = np.expand_dims(positions.astype(np.float64)[..., None] * W ** (-2.0 * i / H) / SCALE, -2 if SEQ_AXIS == -3 else -3)
+angle = positions.astype(np.float64)[..., None] * W ** (-2.0 * i / H) / SCALE
+angle = np.expand_dims(angle, -2 if SEQ_AXIS == -3 else -3)
 x64, o = x.astype(np.float64), out.astype(np.float64)
 bits = lambda v: np.ascontiguousarray(v).view(f"u{{v.dtype.itemsize}}")  # noqa: E731
-assert out.dtype == x.dtype and out.shape == x.shape, f"output {{out.dtype}} {{out.shape}}, input {{x.dtype}} {{x.shape}}"
+assert out.dtype == x.dtype and out.shape == x.shape, f"output {{out.dtype}} {{out.shape}}, not {{x.dtype}} {{x.shape}}"
 assert np.array_equal(bits(x_after), bits(x)), "the input was modified"
 nope = np.setdiff1d(np.arange(H), np.concatenate([a, b]))
 assert np.array_equal(bits(out[..., nope]), bits(x[..., nope])), "NoPE lanes are not bit-identical to the input"
 with np.errstate(all="ignore"):
-    exact = (x64[..., a] * np.cos(angle) - x64[..., b] * np.sin(angle), x64[..., b] * np.cos(angle) + x64[..., a] * np.sin(angle))
-    lane = lambda o, y: np.where((o == y) | (~np.isfinite(o) & ~np.isfinite(y)), 0.0, np.nan_to_num(abs(o - y), nan=np.inf))  # noqa: E731, E501
-    err, nx = np.maximum(lane(o[..., a], exact[0]), lane(o[..., b], exact[1])), np.hypot(x64[..., a], x64[..., b])
-    {bound_line}  # SPEC.md section 8, {level} level
+    c, s, xa, xb = np.cos(angle), np.sin(angle), x64[..., a], x64[..., b]
+    right = lambda o, y: (o == y) | (~np.isfinite(o) & ~np.isfinite(y))  # noqa: E731
+    lane = lambda o, y: np.where(right(o, y), 0.0, np.nan_to_num(abs(o - y), nan=np.inf))  # noqa: E731
+    err, nx = np.maximum(lane(o[..., a], xa * c - xb * s), lane(o[..., b], xb * c + xa * s)), np.hypot(xa, xb)
+    # SPEC.md section 8, {level} level
+    {bound_line}
     ratio = np.where(err == 0, 0.0, err / bound)
     {range_line}
-assert ratio.max(initial=0) <= 1, f"error {{ratio.max():.3g}} x the {level} bound at {{np.argwhere(ratio > 1)[0].tolist()}}"
+where = np.argwhere(ratio > 1)[:1].tolist()
+assert ratio.max(initial=0) <= 1, f"error {{ratio.max():.3g}} x the {level} bound at {{where}}"
 """
 
 
@@ -139,7 +146,7 @@ def script(
         range_line = "ratio = np.where(np.isnan(angle), 0.0, ratio)  # every finite position counts"
     platform = {"cpu": "cpu", "cuda": "gpu", "tpu": "tpu"}.get(device, device)
     call = _CALL[framework].format(args=call_args, x64=needs64(case, x, positions), platform=platform)
-    header = f'''"""p-RoPE conformance failure: case {case.id}, {level} level of SPEC.md {SPEC_VERSION}, on {x.shape} inputs.
+    header = f'''"""p-RoPE conformance failure: {case.id}, {level} level of SPEC.md {SPEC_VERSION}, on {x.shape} inputs.
 Found by: p-rope-conformance check --impl {impl}
 Case: {case.describe()}
 Observed: {observed}
@@ -152,10 +159,8 @@ Run: python this_file.py   (needs {needs})
     )
     body = [
         header,
-        "import numpy as np\n" + ("import ml_dtypes\n" if needs_ml else ""),
-        import_statement,
-        params,
-        _array_source("x", x) + _array_source("positions", positions),
+        "import numpy as np\n" + ("import ml_dtypes\n" if needs_ml else "") + import_statement,
+        params + "\n" + _array_source("x", x) + _array_source("positions", positions),
         call,
         _CHECK.format(level=level, bound_line=bound_line, range_line=range_line),
     ]
