@@ -356,14 +356,16 @@ def invalid_calls(target: CallableTarget) -> list[tuple[str, dict[str, Any], str
     rows = []
     for what, changes, x_dtype, p_dtype, p_shape in INVALID_CALLS:
         keys = set(changes) - {"head_dim", "max_wavelength", "rope_percentage"}
-        if target.signature == "gemma" and (keys - {"scale_factor"} or "head_dim" in changes):
+        proportion = {"rope_percentage"} if "rope_proportion" in target.keywords else set()
+        gemma_names = {"scale_factor", "max_wavelength"} | proportion
+        if target.signature == "gemma" and (set(changes) - gemma_names):
             continue
         if target.signature != "gemma" and keys - set(target.keywords):
             continue
         rows.append((what, changes, x_dtype, p_dtype, p_shape))
-    rows.append(
-        ("rotary width above the head: rope_percentage 2", {"rope_percentage": 2.0}, "float32", "int32", (1, 2))
-    )
+    if target.signature != "gemma" or "rope_proportion" in target.keywords:
+        wide = ("rotary width above the head: rope_percentage 2", {"rope_percentage": 2.0}, "float32", "int32", (1, 2))
+        rows.append(wide)
     return rows
 
 
@@ -372,7 +374,9 @@ def _call_with(target: CallableTarget, case: Case, x: Any, positions: Any, chang
     f = target.invoke
     if target.signature == "gemma":
         kw = {k: v for k, v in params.items() if k == "scale_factor"}
-        return f(x, positions, base_frequency=params["max_wavelength"], rope_proportion=params["rope_percentage"], **kw)
+        if "rope_proportion" in target.keywords:
+            kw["rope_proportion"] = params["rope_percentage"]
+        return f(x, positions, base_frequency=params["max_wavelength"], **kw)
     args = (params.pop("head_dim"), params.pop("max_wavelength"), params.pop("rope_percentage"))
     return f(x, positions, *args, **params)
 

@@ -48,6 +48,8 @@ MISTAKES: tuple[Mistake, ...] = (
     Mistake("R computed in float32", "p * H in float32 rounds up (p = 0.58, H = 100: R = 29, not 28)",
             "r_float32"),
     Mistake("partial_rotary_factor applied twice", "R = int(p * (p * H) // 2)", "partial_factor_twice"),
+    Mistake("standard RoPE", "every pair rotated: rope_percentage ignored (or partial_rotary_factor dropped)",
+            "standard_rope"),
     Mistake("the inverse frequencies tiled", "R frequencies read as H/2: every pair rotates, lanes mispaired",
             "inv_freq_tiled"),
     Mistake("float32 arithmetic on float64 inputs", "positions, frequencies and angles in float32 for float64 data",

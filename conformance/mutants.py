@@ -64,6 +64,8 @@ def broken_p_rope(
             R = int(np.float32(rope_percentage) * np.float32(H) // np.float32(2))
         elif bug == "r_round":  # R rounded from the float product
             R = round(rope_percentage * H / 2)
+        elif bug == "standard_rope":  # p ignored: every pair rotated
+            R = H // 2
         elif bug == "partial_factor_twice":  # rotary_dim = p * H, then p applied to it again
             R = int(rope_percentage * (rope_percentage * H) // 2)
         R = min(R, H // 2)

@@ -297,7 +297,7 @@ def detect_signature(function: Callable[..., Any]) -> tuple[str, frozenset[str]]
     to have this project's whole signature, batch axes and broadcast positions included."""
     names, var_keyword = parameter_names(function)
     if "base_frequency" in names:
-        return "gemma", frozenset({"scale_factor"} & set(names))
+        return "gemma", frozenset({"scale_factor", "rope_proportion"} & set(names))
     if var_keyword:
         return "ours", frozenset(OUR_KEYWORDS)
     accepted = frozenset(k for k in OUR_KEYWORDS if k in names)
@@ -327,6 +327,8 @@ class CallableTarget(Target):
         project's signature opts in the cases that need it; batch axes other than one and positions
         broadcast over the batch need the whole signature (all four keywords, or **kwargs)."""
         missing = set(case.keywords()) - set(self.keywords)
+        if self.signature == "gemma" and case.pairs != case.head_dim // 2 and "rope_proportion" not in self.keywords:
+            missing.add("rope_proportion")
         if missing:
             return "needs keyword " + ", ".join(sorted(missing))
         whole = self.signature == "ours" and set(self.keywords) == set(OUR_KEYWORDS)
@@ -351,8 +353,10 @@ class CallableTarget(Target):
     def _apply(self, case: Case, x: Any, positions: Any) -> Any:
         f = self.invoke
         if self.signature == "gemma":
-            kw = {"scale_factor": case.scale_factor} if case.scale_factor != 1.0 else {}
-            return f(x, positions, base_frequency=case.max_wavelength, rope_proportion=case.rope_percentage, **kw)
+            kw: dict[str, Any] = {"scale_factor": case.scale_factor} if case.scale_factor != 1.0 else {}
+            if "rope_proportion" in self.keywords:
+                kw["rope_proportion"] = case.rope_percentage
+            return f(x, positions, base_frequency=case.max_wavelength, **kw)
         args, kw = _arguments(case)
         return f(x, positions, *args, **kw)
 

@@ -158,7 +158,7 @@ def test_signature_detection():
     def anything(inputs, positions, head_dim, *args, **kwargs): ...
 
     assert detect_signature(paper) == ("paper", frozenset())
-    assert detect_signature(gemma) == ("gemma", frozenset({"scale_factor"}))
+    assert detect_signature(gemma) == ("gemma", frozenset({"scale_factor", "rope_proportion"}))
     assert detect_signature(partial) == ("ours", frozenset({"seq_axis"}))
     assert detect_signature(anything)[0] == "ours" and len(detect_signature(anything)[1]) == 4
 
