@@ -137,6 +137,8 @@ if triton is not None:
     _K_STEP_HI: tl.constexpr = tl.constexpr(_STEP_HI)
     _K_STEP_LO: tl.constexpr = tl.constexpr(_STEP_LO)
     _K_UNIT: tl.constexpr = tl.constexpr(_UNIT)
+    _INF: tl.constexpr = tl.constexpr(math.inf)
+    _NAN: tl.constexpr = tl.constexpr(math.nan)
 
     @triton.jit
     def _sincos_f32(a):
@@ -167,22 +169,20 @@ if triton is not None:
         return c, s
 
     @triton.jit
-    def _rounded(v, dtype: tl.constexpr, BF16: tl.constexpr):
-        """v rounded once (to nearest even) to dtype. bfloat16 is rounded from float32 in integers
-        (as the hardware does; Triton's interpreter truncates), NaN kept NaN."""
-        if BF16:
-            bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
-            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            rounded = tl.where(v != v, (bits >> 16) | 0x40, rounded)
-            return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        return v.to(dtype)
+    def _to_bfloat16(v):
+        """v (float32) rounded once, to nearest even, to bfloat16, in integers as the hardware does
+        (Triton's interpreter truncates); NaN stays NaN."""
+        bits = v.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = tl.where(v != v, (bits >> 16) | 0x40, rounded)
+        return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
 
     @triton.jit
     def _exact_tables(pos, fh, fl, POS_FLOAT: tl.constexpr):
         """float32 (cos, sin) [T, R] of 2 pi frac(pos r_i) for positions pos [T, 1] and the halves
         fh, fl [1, R] of F_i = r_i 2**60; see the module docstring."""
         if POS_FLOAT:
-            finite = tl.abs(pos) < float("inf")
+            finite = tl.abs(pos) < _INF
             magnitude = tl.where(finite, tl.abs(pos), 0.0)
             whole = tl.floor(magnitude)
             fraction = magnitude - whole  # exact
@@ -216,8 +216,8 @@ if triton is not None:
         cos = tl.where(((quarter + 1) & 2) != 0, -c, c)
         sin = tl.where((quarter & 2) != 0, -s, s)
         if POS_FLOAT:
-            cos = tl.where(finite, cos, float("nan"))
-            sin = tl.where(finite, sin, float("nan"))
+            cos = tl.where(finite, cos, _NAN)
+            sin = tl.where(finite, sin, _NAN)
         return cos, sin
 
     @triton.jit
@@ -309,24 +309,36 @@ if triton is not None:
             s = s[:, None, :]
             ok = row_ok & j_ok[None, None, :]
             jj = j[None, None, :].to(tl.int64)
-            if INTERLEAVED:
-                k = tl.arange(0, 2)[None, None, None, :].to(tl.int64)
-                x2 = tl.load(x_ptr + (x_row + jj * x_pair)[:, :, :, None] + k * x_member, mask=ok[:, :, :, None])
-                a, b = tl.split(x2.to(c.dtype))
+            if INTERLEAVED:  # lanes 0..2R-1 as one contiguous run (vector loads), then split in pairs
+                lane = tl.arange(0, 2 * BLOCK_R)[None, None, :].to(tl.int64)
+                lane_ok = row_ok & (lane < 2 * PAIRS)
+                x2 = tl.load(x_ptr + x_row + lane * xsh, mask=lane_ok)
+                a, b = tl.split(tl.reshape(x2.to(c.dtype), (BLOCK_T, BLOCK_N, BLOCK_R, 2)))
                 o1 = a * c - b * s
                 o2 = b * c + a * s
-                o = _rounded(tl.join(o1, o2), out_ptr.dtype.element_ty, OUT_BF16)
-                tl.store(out_ptr + (o_row + jj * o_pair)[:, :, :, None] + k * o_member, o, mask=ok[:, :, :, None])
+                o = tl.reshape(tl.join(o1, o2), (BLOCK_T, BLOCK_N, 2 * BLOCK_R))
+                if OUT_BF16:
+                    o = _to_bfloat16(o.to(tl.float32))
+                o = o.to(out_ptr.dtype.element_ty)
+                tl.store(out_ptr + o_row + lane * osh, o, mask=lane_ok)
             else:
                 a = tl.load(x_ptr + x_row + jj * x_pair, mask=ok).to(c.dtype)
                 b = tl.load(x_ptr + x_row + jj * x_pair + x_member, mask=ok).to(c.dtype)
                 o1 = a * c - b * s
                 o2 = b * c + a * s
-                o1 = _rounded(o1, out_ptr.dtype.element_ty, OUT_BF16)
-                o2 = _rounded(o2, out_ptr.dtype.element_ty, OUT_BF16)
+                if OUT_BF16:
+                    o1 = _to_bfloat16(o1.to(tl.float32))
+                    o2 = _to_bfloat16(o2.to(tl.float32))
+                o1 = o1.to(out_ptr.dtype.element_ty)
+                o2 = o2.to(out_ptr.dtype.element_ty)
                 tl.store(out_ptr + o_row + jj * o_pair, o1, mask=ok)
                 tl.store(out_ptr + o_row + jj * o_pair + o_member, o2, mask=ok)
-        if COPY_NOPE:  # pairs PAIRS..HALF-1, bit for bit
+        if COPY_NOPE and INTERLEAVED:  # lanes 2R..H-1, one contiguous run, bit for bit
+            lane = 2 * PAIRS + tl.arange(0, 2 * BLOCK_Q)[None, None, :].to(tl.int64)
+            lane_ok = row_ok & (lane < 2 * HALF)
+            v = tl.load(x_ptr + x_row + lane * xsh, mask=lane_ok)
+            tl.store(out_ptr + o_row + lane * osh, v, mask=lane_ok)
+        if COPY_NOPE and not INTERLEAVED:  # pairs PAIRS..HALF-1: lanes R..H/2-1 and H/2+R..H-1, bit for bit
             q = PAIRS + tl.arange(0, BLOCK_Q)
             qq = q[None, None, :, None].to(tl.int64)
             k = tl.arange(0, 2)[None, None, None, :].to(tl.int64)

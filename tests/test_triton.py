@@ -12,6 +12,7 @@ only: it never reaches the other tests of this process.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 from tests.helpers import assert_conforms, integer_positions, layout, normal, to_numpy
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from p_rope import reference  # noqa: E402
 from p_rope.backends import _triton  # noqa: E402
@@ -357,6 +358,70 @@ def test_registered_ops_pass_opcheck(device: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the compiled kernel for Hopper (sm_90), built on the CPU with Triton's own ptxas: no GPU needed
+
+_TRITON_TYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
+
+
+def _hopper_ptx(dtype: str, pairing: str, from_tables: bool, positions: str) -> str:
+    """PTX of the kernel for an input of dtype [B, L, 8, 512] at p = 0.25 (contiguous: lane strides of
+    1 and 16-divisible strides, as Triton specializes them at launch), compiled for sm_90."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = _triton._p_rope_kernel
+    table = "fp64" if dtype == "float64" else "fp32"
+    pointers = {"x_ptr": dtype, "out_ptr": dtype, "cos_ptr": table, "sin_ptr": table, "pos_ptr": positions}
+    ones = {"xsh": 1, "osh": 1, "size1": 1}
+    block_t, block_n, block_r, block_q = _triton._blocks(8, 256, 64)
+    constants: dict[str, Any] = {
+        **ones,
+        "HALF": 256, "PAIRS": 64, "INTERLEAVED": pairing == "interleaved", "FROM_TABLES": from_tables,
+        "POS_FLOAT": positions.startswith("fp"), "F64": dtype == "float64", "NEGATE": False, "COPY_NOPE": True,
+        "OUT_BF16": dtype == "bfloat16", "BLOCK_T": block_t, "BLOCK_N": block_n, "BLOCK_R": block_r,
+        "BLOCK_Q": block_q,
+    }  # fmt: skip
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constants:
+            signature[name] = "constexpr"
+            continue
+        if name in pointers:
+            signature[name] = "*" + _TRITON_TYPES.get(pointers[name], pointers[name])
+        elif name == "const_ptr":
+            signature[name] = "*fp64" if dtype == "float64" else "*i64"
+        else:
+            signature[name] = "i64"
+        if name not in ("tokens", "heads", "size2"):
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": True})
+    return compiled.asm["ptx"]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "pairing", "from_tables", "positions"),
+    [
+        pytest.param("bfloat16", "split_half", False, "i64", id="bf16-split-int64"),
+        pytest.param("float16", "interleaved", False, "fp32", id="fp16-interleaved-float32"),
+        pytest.param("float32", "split_half", True, "i64", id="fp32-split-tables"),
+        pytest.param("float64", "interleaved", False, "fp64", id="fp64-interleaved-float64"),
+        pytest.param("bfloat16", "interleaved", True, "i32", id="bf16-interleaved-tables"),
+    ],
+)
+def test_compiles_for_hopper(dtype: str, pairing: str, from_tables: bool, positions: str) -> None:
+    """The kernel compiles for sm_90 in each entry, layout and dtype, with no approximate sin/cos
+    (float32 tables are polynomials; float64 calls libdevice), no local memory outside libdevice's
+    argument reduction, and 16-byte global loads and stores (a memory-bound kernel near copy speed
+    needs them)."""
+    ptx = _hopper_ptx(dtype, pairing, from_tables, positions)
+    assert "sin.approx" not in ptx and "cos.approx" not in ptx
+    assert ("ld.local" in ptx) == (dtype == "float64" and not from_tables)
+    assert re.search(r"ld\.global(\.\w+)*\.v[24]\.", ptx), "no vector loads"
+    assert re.search(r"st\.global(\.\w+)*\.v[24]\.", ptx), "no vector stores"
+
+
+# ---------------------------------------------------------------------------------------------
 # the interpreter run (CPU)
 
 
@@ -372,5 +437,5 @@ def test_interpreter_cases() -> None:
     assert " passed" in summary[0] and "skipped" not in summary[0], summary[0]
 
 
-if IN_CHILD:  # the child runs the cases above, not itself
-    del test_interpreter_cases
+if IN_CHILD:  # the child runs the cases on a device, not itself (nor the compilation, which needs no device)
+    del test_interpreter_cases, test_compiles_for_hopper
