@@ -370,3 +370,91 @@ def test_compiled_invalid_arguments(fullgraph: bool, bad: dict[str, Any]) -> Non
     with pytest.raises(torch._dynamo.exc.Unsupported) as caught:
         compiled(x, positions)
     assert f"{type(expected).__name__}({str(expected)!r})" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: an out-of-place call allocates at most twice its input, output included
+
+
+def _numpy_peak_bytes(call: Any) -> int:
+    """Peak bytes allocated through NumPy (tracemalloc sees every NumPy buffer) while call runs."""
+    tracemalloc = importlib.import_module("tracemalloc")
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        out = call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del out
+    return peak
+
+
+def _torch_peak_bytes(call: Any) -> int:
+    """Peak bytes held by the CPU allocator while call runs: every allocation and free the profiler
+    records (profile_memory), summed in time order."""
+    torch = importlib.import_module("torch")
+    profiler = torch.profiler
+    with profiler.profile(activities=[profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = call()
+    del out
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    total = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        total += event.nbytes()
+        peak = max(peak, total)
+    return peak
+
+
+@pytest.mark.parametrize(
+    ("impl_name", "dtype"),
+    [
+        ("reference", "float32"),
+        ("reference", "bfloat16"),
+        ("array_api:numpy", "float32"),
+        ("array_api:torch", "float32"),
+        ("array_api:torch", "bfloat16"),
+        ("torch", "float32"),
+        ("torch", "bfloat16"),
+    ],
+)
+@pytest.mark.parametrize("rope_percentage", [1.0, 0.25])
+def test_out_of_place_peak_memory_at_most_twice_the_input(impl_name: str, dtype: str, rope_percentage: float) -> None:
+    """Issue 11's layout, [1, L, 8, 512], with L = 4096 (32 MiB in float32): the output plus every
+    temporary stays within 2x the input (float64 work is done in blocks)."""
+    impl = _make(impl_name)
+    x_np = np.ones((1, 4096, 8, 512), dtype=ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
+    x, positions = impl.native(x_np), impl.native(np.arange(4096))
+    measure = _torch_peak_bytes if impl.library == "torch" else _numpy_peak_bytes
+    peak = measure(lambda: impl.module.apply_p_rope(x, positions, 512, 1e6, rope_percentage))
+    assert peak <= 2 * x_np.nbytes, f"peak {peak / x_np.nbytes:.2f}x the input"
+    assert peak >= x_np.nbytes  # the output itself: the measurement sees the allocations
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize(("pairing", "seq_axis"), [("split_half", -3), ("interleaved", -2)])
+def test_reference_blocks_leave_every_bit_unchanged(
+    monkeypatch: pytest.MonkeyPatch, dtype: str, pairing: str, seq_axis: int
+) -> None:
+    """The reference's float64 work in blocks gives the bits of one block (every operation is
+    elementwise), for positions and tables broadcast over batch axes and heads."""
+    reference = importlib.import_module("p_rope.reference")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 2, 5, 6, 16)).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    positions = rng.integers(-(2**20), 2**20, size=(2, 1 if seq_axis == -3 else 6))
+    tables = p_rope.p_rope_tables(positions, 16, 500.0, 0.75)
+
+    def calls() -> list[np.ndarray]:
+        kw = dict(pairing=pairing, seq_axis=seq_axis)
+        q = x.copy()
+        return [
+            p_rope.apply_p_rope(x, positions, 16, 500.0, 0.75, **kw),
+            p_rope.apply_p_rope_tables(x, tables, **kw),
+            p_rope.apply_p_rope_(q, positions, 16, 500.0, 0.75, **kw),
+        ]
+
+    monkeypatch.setattr(reference, "_BLOCK_BYTES", 1 << 40)
+    whole = calls()
+    monkeypatch.setattr(reference, "_BLOCK_BYTES", 24)  # one row (or less) per block
+    for one, blocked in zip(whole, calls(), strict=True):
+        assert np.array_equal(one.view(np.uint8), blocked.view(np.uint8))

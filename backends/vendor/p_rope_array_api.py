@@ -843,7 +843,7 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int, as_
     return out.view(dtype) if out.dtype != dtype else out
 
 
-BLOCK_BYTES = 1 << 21  # bytes of one rotated lane, in the computation dtype, per block
+BLOCK_BYTES = 1 << 19  # bytes of one rotated lane, in the computation dtype, per block
 
 
 def token_view(xp: Any, array: Any, rank: int, seq_axis: int, trailing: int) -> Any:
