@@ -360,9 +360,9 @@ def _rotated_pairs(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> ja
 
 
 def _bits(a: jax.Array) -> jax.Array:
-    """A 16-bit float array as uint16 (bit for bit): XLA:CPU emulates 16-bit float copies in float32,
-    which quiets NaN payloads; integer copies keep every bit."""
-    return lax.bitcast_convert_type(a, jnp.uint16) if a.dtype.itemsize == 2 else a
+    """A bfloat16 array as uint16 (bit for bit): XLA:CPU emulates bfloat16 copies in float32, which
+    quiets NaN payloads; integer copies keep every bit (float16 copies are native)."""
+    return lax.bitcast_convert_type(a, jnp.uint16) if a.dtype == jnp.bfloat16 else a
 
 
 def _floats(a: jax.Array, dtype: Any) -> jax.Array:
@@ -371,8 +371,8 @@ def _floats(a: jax.Array, dtype: Any) -> jax.Array:
 
 def _rotate_in_place(x: jax.Array, c: jax.Array, s: jax.Array, pairing: str) -> jax.Array:
     """A copy of x whose rotated lanes are overwritten by dynamic-update-slices: XLA copies x (or
-    reuses its buffer) and touches only the 2R rotated lanes, reading them from x. 16-bit floats
-    are copied as their bits (_bits), so NoPE lanes keep NaN payloads."""
+    reuses its buffer) and touches only the 2R rotated lanes, reading them from x. bfloat16 is
+    copied as its bits (_bits), so NoPE lanes keep NaN payloads."""
     rotated = _bits(_rotated_pairs(x, c, s, pairing))
     last = x.ndim - 1
     if pairing == "split_half":
