@@ -318,6 +318,14 @@ class VllmTarget(ConventionTarget):
         assert rows is not None
         query = self.native(x_np.reshape(batch * length, heads * head_dim))
         key = self.native(k_np.reshape(batch * length, head_dim))
+        extra: dict[str, Any] = {}
+        target = self.function if self.is_kernel else self.built(self.function, case, max_position=rows)  # type: ignore[arg-type]
+        if case.positions.kind == "offsets" and _accepts(getattr(target, "forward", target), "offsets"):
+            # per-sequence offsets: positions 0 .. L-1 in each row, the row's first position as its offset
+            first = np.repeat(positions.reshape(batch, length)[:, :1], length, axis=1).reshape(-1)
+            offsets_np = first.astype(np.int64)
+            positions = positions - offsets_np
+            extra["offsets"] = self.native(offsets_np)
         pos = self.native(positions)
         watched: list[tuple[str, Any, np.ndarray]] = [("positions", pos, positions)]
         if self.is_kernel:
@@ -326,12 +334,10 @@ class VllmTarget(ConventionTarget):
             cache = self.native(cache_np)
             values = {"head_size": head_dim, "cos_sin_cache": cache, "is_neox": case.pairing == "split_half"}
             names, _ = parameter_names(self.function)  # type: ignore[arg-type]
-            result = self.invoke(pos, query, key, **{k: v for k, v in values.items() if k in names})
+            result = self.invoke(pos, query, key, **{k: v for k, v in values.items() if k in names}, **extra)
             watched.append(("cos_sin_cache", cache, cache_np))
         else:
-            layer = self.built(self.function, case, max_position=rows)  # type: ignore[arg-type]
-            forward = getattr(layer, "forward_native", None) if self.framework.name != "torch" else None
-            result = (forward or layer)(pos, query, key)
+            result = target(pos, query, key, **extra)
         if isinstance(result, tuple) and len(result) == 2 and result[0] is not None:
             q_out, k_out = result
             in_place = False

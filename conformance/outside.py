@@ -157,7 +157,7 @@ class HfProportionalRotary:
 class EngineRotary:
     """An inference engine's rotary layer (vLLM's shape): a float32 cos/sin cache of
     ``max_position_embeddings`` rows, full width (cos 1, sin 0 on NoPE pairs), and
-    ``layer(positions, query, key)`` rotating flattened [T, N*H] tokens in place."""
+    ``layer(positions, query, key, offsets=None)`` rotating flattened [T, N*H] tokens in place."""
 
     def __init__(self, head_size, max_position_embeddings, base, is_neox_style=True, rope_proportion=1.0, factor=1.0):
         import torch
@@ -169,9 +169,11 @@ class EngineRotary:
         self.cos_sin_cache = torch.cat([angles.cos(), angles.sin()], dim=-1).float()
         self.head_size, self.is_neox_style = head_size, is_neox_style
 
-    def __call__(self, positions, query, key):
+    def __call__(self, positions, query, key, offsets=None):
         import torch
 
+        if offsets is not None:  # per-token offsets added to the positions (vLLM's older API)
+            positions = positions + offsets
         cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)  # [T, H/2] each
         for x in (query, key):
             heads = x.view(x.shape[0], -1, self.head_size)

@@ -129,6 +129,19 @@ class _NeoxEngine(outside.EngineRotary):
             part.copy_(np.concatenate if False else __import__("torch").cat([x1 * c - x2 * s, x2 * c + x1 * s], -1))
 
 
+class _OffsetsIgnored(outside.EngineRotary):
+    def __call__(self, positions, query, key, offsets=None):
+        return super().__call__(positions, query, key)
+
+
+def test_engine_offsets_are_passed_and_an_engine_ignoring_them_is_named():
+    names = ("gemma4-global-kv", "p0.58-H100-R28", "decode-L1-N8")
+    good = _check(outside.EngineRotary, signature="vllm", dtypes=("float32",), names=names)
+    assert good.grade in ("conformant", "strict") and len(good.results) == 3
+    bad = _check(_OffsetsIgnored, signature="vllm", dtypes=("float32",), names=names)
+    assert bad.grade == "fail" and "KV offsets ignored" in bad.causes["float32"]
+
+
 def test_neox_partial_rotary_engine_is_rejected_with_its_mistake_named():
     outcome = _check(_NeoxEngine, signature="vllm", dtypes=("float32",))
     assert outcome.grade == "fail"
