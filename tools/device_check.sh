@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The GPU check, in one command, on a machine with a CUDA GPU and no network (about 8 minutes):
+# The GPU check, in one command, on a machine with a CUDA GPU and no network (at most 8.5 minutes):
 #
 #   1. installs the project from the working tree, plus the wheels carried in .whl/
 #      (tools/device_wheels.sh fetches them beforehand; flash-attn's source release among them),
-#      into a private folder put first on PYTHONPATH (no pip index, no build isolation);
-#   2. runs the CUDA slice of the conformance matrix: every backend that runs on CUDA (torch,
-#      array_api:torch, vendor:torch; jax, array_api:jax, vendor:jax), every dtype, then the matrix;
-#   3. runs the CUDA tests (pytest -k cuda: every test parametrized on a CUDA device);
-#   4. runs the GPU benchmarks (bench/run.py --device cuda);
+#      into a private folder put first on PYTHONPATH (no pip index, no build isolation);   <= 60 s
+#   2. side by side (correctness only): the CUDA slice of the conformance matrix, one process per
+#      backend that runs on CUDA (torch, array_api:torch, vendor:torch, jax, array_api:jax,
+#      vendor:jax), every dtype, and the CUDA tests (pytest -k cuda);                      <= 240 s
+#      then the matrix of those runs;                                                      <= 30 s
+#   3. alone on the GPU: the benchmarks (bench/run.py --device cuda --report-dir);        <= 180 s
 #
 # and writes everything into one output folder:
 #
 #   OUT_DIR/conformance/<backend>-cuda.json, conformance.md, conformance.json   (step 2)
-#   OUT_DIR/tests.txt                                                           (step 3)
-#   OUT_DIR/bench/cuda.json, BENCHMARKS-gpu.md                                  (step 4)
+#   OUT_DIR/tests.txt                                                           (step 2)
+#   OUT_DIR/bench/cuda.json, BENCHMARKS-gpu.md                                  (step 3)
 #   OUT_DIR/log.txt, OUT_DIR/summary.txt                                        (every step)
 #
 # and, with --archive FILE, the folder packed as one .tar.gz (the device tool brings back at most 8
@@ -29,7 +30,7 @@
 #
 # From a session that has the device tool (README.md, "GPUs"): tools/device_wheels.sh here, then
 #   run(command="bash tools/device_check.sh --archive $OUT/device-check.tar.gz /tmp/device-check",
-#       carry=[".whl"], timeout_s=540)
+#       carry=[".whl"], timeout_s=560)
 # then unpack files_at/device-check.tar.gz and copy conformance/*-cuda.json into reports/conformance/
 # (then `python -m p_rope.conformance report reports/conformance`), bench/cuda.json into
 # reports/bench/ (then `python bench/run.py --render`), and commit.
@@ -42,7 +43,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) dry_run=1 ;;
         --archive) archive=${2:?--archive needs a file}; shift ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
         -*) echo "device_check: unknown option $1" >&2; exit 2 ;;
         *) out_dir=$1 ;;
     esac
@@ -68,26 +69,27 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and torch share the GPU within
 
 say() { echo "device_check: $*" | tee -a "$log" >&2; }
 
-# step NAME SECONDS COMMAND...: run with a time limit, output to the log; record the outcome
+# step NAME SECONDS COMMAND...: run with a time limit, its output into the log (or, with STEP_LOG
+# set, into that file, for steps run side by side); record the outcome in the summary
 step() {
-    local name=$1 limit=$2 start rc
+    local name=$1 limit=$2 start rc sink=${STEP_LOG:-$log}
     shift 2
     say "== $name (limit ${limit} s): $*"
     start=$(date +%s)
     if declare -F "$1" >/dev/null; then  # a function of this script (exported): through bash
-        timeout --kill-after=10 "$limit" bash -c "$*" 2>&1 | tee -a "$log"
+        timeout --kill-after=10 "$limit" bash -c "$*" >>"$sink" 2>&1
     else
-        timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
+        timeout --kill-after=10 "$limit" "$@" >>"$sink" 2>&1
     fi
-    rc=${PIPESTATUS[0]}
+    rc=$?
     local took=$(($(date +%s) - start))
     if [ "$rc" -eq 0 ]; then
         echo "ok      $name (${took} s)" >>"$summary"
     else
-        [ "$rc" -eq 124 ] && say "$name: over its ${limit} s limit"
+        [ "$rc" -eq 124 ] && echo "device_check: $name: over its ${limit} s limit" >>"$sink"
         echo "FAILED  $name (exit $rc, ${took} s)" >>"$summary"
-        failed=1
     fi
+    [ "$sink" = "$log" ] || { tail -n 5 "$sink" >&2; }
     return "$rc"
 }
 
@@ -133,31 +135,27 @@ install() {
 }
 export site python dry_run out_dir
 export -f install
-step install 120 install || { cat "$summary"; exit 1; }
+step install 60 install || { tail -n 20 "$log" >&2; cat "$summary" >&2; exit 1; }
 export PYTHONPATH="$site/site${PYTHONPATH:+:$PYTHONPATH}"
 
-# 2. the CUDA slice of the conformance matrix (one process per framework: each holds the GPU alone)
+# 2 and 3, side by side (correctness only; 16 cores, one GPU, no preallocation): the CUDA slice of
+# the conformance matrix, one process per backend, and the CUDA tests (pytest -k cuda: every test
+# parametrized on a CUDA device; without a GPU they all skip, so the dry run checks their collection)
 conformance_dir="$out_dir/conformance"
 mkdir -p "$conformance_dir"
 if [ "$dry_run" -eq 1 ]; then  # one backend per framework, a small sample of the cases
-    torch_backends=(--backend torch --quick)
-    jax_backends=(--backend jax --quick)
+    backends=(torch jax)
+    sample=(--quick)
 else
-    torch_backends=(--backend torch --backend array_api:torch --backend vendor:torch)
-    jax_backends=(--backend jax --backend array_api:jax --backend vendor:jax)
+    backends=(torch array_api:torch vendor:torch jax array_api:jax vendor:jax)
+    sample=()
 fi
-step "conformance torch" 150 "$python" -m p_rope.conformance run --device "$device" "${torch_backends[@]}" \
-    --out "$conformance_dir"
-step "conformance jax" 210 "$python" -m p_rope.conformance run --device "$device" "${jax_backends[@]}" \
-    --out "$conformance_dir"
-step "conformance matrix" 60 "$python" -m p_rope.conformance report "$conformance_dir"
-
-# 3. the CUDA tests (without a GPU they all skip: the dry run checks only that they are collected)
 tests() {
     local files=(tests)
     [ "$dry_run" -eq 1 ] && files=(tests/test_triton.py tests/test_jax_fusion.py)  # collection of two files
-    "$python" -m pytest "${files[@]}" -k cuda -p no:cacheprovider -q -rfEs 2>&1 | tee "$out_dir/tests.txt"
-    local rc=${PIPESTATUS[0]}
+    "$python" -m pytest "${files[@]}" -k cuda -p no:cacheprovider -q -rfEs >"$out_dir/tests.txt" 2>&1
+    local rc=$?
+    cat "$out_dir/tests.txt"
     [ "$rc" -eq 0 ] || return "$rc"
     if [ "$dry_run" -eq 0 ] && ! tail -n 1 "$out_dir/tests.txt" | grep -q " passed"; then
         echo "no CUDA test ran"
@@ -165,20 +163,30 @@ tests() {
     fi
 }
 export -f tests
-step "cuda tests" 150 tests
+parts="$site/parts"
+mkdir -p "$parts"
+for backend in "${backends[@]}"; do
+    STEP_LOG="$parts/conformance-${backend//:/_}.txt" step "conformance $backend" 240 "$python" -m p_rope.conformance \
+        run --device "$device" --backend "$backend" "${sample[@]}" --out "$conformance_dir" &
+done
+STEP_LOG="$parts/tests.txt" step "cuda tests" 240 tests &
+wait
+cat "$parts"/*.txt >>"$log"
+step "conformance matrix" 30 "$python" -m p_rope.conformance report "$conformance_dir"
 
 # 4. the GPU benchmarks: this device's section of BENCHMARKS.md and its JSON
 bench_dir="$out_dir/bench"
 if [ "$dry_run" -eq 1 ]; then
     bench_args=(--device cpu --quick --only "gemma4-global decode" --reps 1 --sample-ms 1)
 else
-    bench_args=(--device cuda --reps 7 --sample-ms 20)
+    bench_args=(--device cuda --reps 5 --sample-ms 20)
 fi
 step "gpu benchmarks" 180 "$python" bench/run.py "${bench_args[@]}" --report-dir "$bench_dir"
 
 rm -rf "$site"
 say "summary:"
 tee -a "$log" <"$summary" >&2
+grep -q "^FAILED" "$summary" && failed=1
 if [ -n "$archive" ]; then
     mkdir -p "$(dirname "$archive")" && tar -czf "$archive" -C "$(dirname "$out_dir")" "$(basename "$out_dir")" ||
         failed=1
