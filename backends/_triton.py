@@ -68,7 +68,6 @@ _TILE_LANES = 4096  # lanes of x per program (tokens x heads x pairs x 2), about
 
 _FIXED_BITS = 60
 _HALF_BITS = 30
-_TWO_PI_F32 = 6.2831854820251465  # float32(2 pi)
 
 
 def _f32(value: float) -> float:
