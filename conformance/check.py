@@ -174,8 +174,15 @@ class CheckResult:
             return "fail"
         return min(levels, key=LEVEL_ORDER.index)
 
+    def unsupported(self) -> set[str]:
+        """The dtypes every case of which raised (shown as not supported, not as failures)."""
+        return {d for d in DTYPES if _unsupported([r for r in self.results if r.case.dtype == d]) is not None}
+
     def failures(self, level: str) -> list[CaseResult]:
-        return [r for r in self.results if r.not_applicable is None and not r.passed(level)]
+        skip = self.unsupported()
+        return [
+            r for r in self.results if r.not_applicable is None and not r.passed(level) and r.case.dtype not in skip
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -295,7 +302,7 @@ def check(
     outcome.options = options
     outcome.eager_calls = getattr(fw, "eager_calls", 0)
     if diagnose:
-        for dtype in DTYPES:
+        for dtype in sorted(set(DTYPES) - outcome.unsupported(), key=DTYPES.index):
             of_dtype = [r for r in results if r.case.dtype == dtype]
             text, mistakes = cause(of_dtype, outcome.level)
             if text:

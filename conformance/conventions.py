@@ -44,6 +44,8 @@ CONVENTIONS = {
     "flash_attn": "f(x, cos, sin, interleaved=..., inplace=..., seqlen_offsets=..., cu_seqlens=...), cos/sin [S, H/2]",
     "angles": "f(freqs, t, seq_dim=...), freqs [..., L, H] angles (pairs interleaved) from --rotary "
     "(rotary(positions)) or SPEC.md's frequencies",
+    "onnx": "ONNX RotaryEmbedding (opset 23) in a one-node graph run by the session class named "
+    "(onnxruntime:InferenceSession), full-width cos/sin caches",
 }
 
 # The names under which a factory (rotary module, engine layer) receives each parameter.
@@ -428,6 +430,59 @@ class AnglesTarget(ConventionTarget):
         return Call([Output("out", out, x_np, t)], [("t", t, x_np), *watched])
 
 
+@dataclasses.dataclass
+class OnnxTarget(ConventionTarget):
+    """ONNX's RotaryEmbedding (opset 23): a one-node graph per parameter set, run by the session class
+    named (onnxruntime's ``InferenceSession``), with full-width caches (cos 1, sin 0 on NoPE pairs)."""
+
+    def supports(self, case: Case) -> str | None:
+        return self.common(case)
+
+    def _session(self, case: Case, inputs: list[tuple[str, np.ndarray]], attributes: dict[str, int]) -> Any:
+        key = ("onnx", case.dtype, tuple((n, a.ndim) for n, a in inputs), tuple(sorted(attributes.items())))
+        if key not in self._built:
+            import onnx
+            from onnx import helper
+
+            values = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim)
+                      for n, a in inputs]  # fmt: skip
+            x = inputs[0][1]
+            output = helper.make_tensor_value_info("Y", helper.np_dtype_to_tensor_dtype(x.dtype), [None] * x.ndim)
+            node = helper.make_node("RotaryEmbedding", [n for n, _ in inputs], ["Y"], **attributes)
+            graph = helper.make_graph([node], "p_rope_check", values, [output])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+            onnx.checker.check_model(model)
+            self._built[key] = self.invoke(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return self._built[key]
+
+    def call(self, case: Case, arrays: Arrays) -> Call:
+        x_np = arrays.inputs
+        positions = full_positions(case, arrays.positions)
+        batch, length = positions.shape
+        heads = case.heads
+        rows = _cache_rows(case, positions)
+        by_id = rows is not None and rows * case.head_dim <= 2**22 and case.seed % 2 == 0
+        if by_id:  # a position-indexed cache and position_ids
+            cos64, sin64 = full_tables(case, np.arange(rows))
+        else:  # one cos/sin row per token ([B, L, H/2], no position_ids): any position
+            cos64, sin64 = full_tables(case, positions)
+        cos, sin = cos64.astype(x_np.dtype), sin64.astype(x_np.dtype)
+        attributes = {"interleaved": int(case.pairing == "interleaved")}
+        if case.seq_axis == -3:  # [B, L, N*H] with num_heads
+            x = x_np.reshape(batch, length, heads * case.head_dim)
+            attributes["num_heads"] = heads
+        else:  # [B, N, L, H]
+            x = x_np
+        inputs = [("X", x), ("cos_cache", cos), ("sin_cache", sin)]
+        if by_id:
+            inputs.append(("position_ids", positions.astype(np.int64)))
+        session = self._session(case, inputs, attributes)
+        feeds = {name: array.copy() for name, array in inputs}
+        (out,) = session.run(["Y"], feeds)
+        watched = [(name, feeds[name], array) for name, array in inputs]
+        return Call([Output("out", np.asarray(out).reshape(x_np.shape), x_np, feeds["X"])], watched)
+
+
 TARGETS: dict[str, type[CallableTarget]] = {
     "paper": CallableTarget,
     "gemma": CallableTarget,
@@ -436,6 +491,7 @@ TARGETS: dict[str, type[CallableTarget]] = {
     "vllm": VllmTarget,
     "flash_attn": FlashTarget,
     "angles": AnglesTarget,
+    "onnx": OnnxTarget,
 }
 
 
@@ -450,6 +506,8 @@ def detect_convention(function: Callable[..., Any]) -> tuple[str, frozenset[str]
         return "hf", frozenset()
     if names[:2] == ["freqs", "t"]:
         return "angles", frozenset()
+    if names[:1] == ["path_or_bytes"]:
+        return "onnx", frozenset()
     return detect_signature(function)
 
 

@@ -226,6 +226,17 @@ def test_transformers_gemma4_proportional_rope(capsys):
     assert "  float64: matches float32 arithmetic on float64 inputs" in out
 
 
+def test_onnxruntime_rotary_embedding(capsys):
+    """ONNX RotaryEmbedding-23 with full-width caches: conformant where onnxruntime implements it, the
+    other dtypes reported once as not supported."""
+    _needs("onnxruntime")
+    _needs("onnx")
+    assert main(["check", "--impl", "onnxruntime:InferenceSession", "--dtypes-claimed", "f16,f32"]) == 0
+    out = capsys.readouterr().out
+    assert "convention onnx" in out and "GRADE for the claimed float16, float32: CONFORMANT" in out
+    assert out.count("not supported (") == 2
+
+
 def test_rotary_embedding_torch(capsys):
     _needs("rotary_embedding_torch")
     args = ["check", "--impl", "rotary_embedding_torch:apply_rotary_emb", "--rotary",

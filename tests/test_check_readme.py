@@ -18,7 +18,7 @@ SLOW = ("EngineRotary",)  # builds a position-indexed cache per case
 
 
 def test_one_command_per_convention():
-    conventions = {"paper", "gemma", "hf", "vllm", "flash_attn", "angles"}
+    conventions = {"paper", "gemma", "hf", "vllm", "flash_attn", "angles", "onnx"}
     assert len(COMMANDS) == len(conventions)
     named = {m for c in COMMANDS for m in re.findall(r"--convention (\w+)", c)}
     assert named <= conventions
