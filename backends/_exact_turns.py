@@ -82,14 +82,17 @@ def turn_constants(
 def _integer_digits(xp: Any, positions: Any) -> tuple[list[Any], Any | None]:
     """(digits, sign) of integer positions: int32 digits of |m| modulo 2**60 (16 bits each; a single
     digit of up to 16 bits for 8- and 16-bit dtypes) and the sign of m as int32 (None: unsigned).
-    64-bit unsigned values are read as int64 (the same value modulo 2**64). |m| of the most negative
-    value wraps to itself, whose bits, read as unsigned, are its magnitude."""
+    Unsigned 32- and 64-bit values are read as the namespace's default integer where it is 64 bits
+    wide (uint64 then modulo 2**64, which keeps m modulo 2**60); JAX without x64 keeps uint32. |m| of
+    the most negative value wraps to itself, whose bits, read as unsigned, are its magnitude."""
     info = xp.iinfo(positions.dtype)
     signed = info.min < 0
     if info.bits <= 16:
         positions, signed = xp.astype(positions, xp.int32), True
-    elif info.bits == 64 and not signed:
-        positions, signed = xp.astype(positions, xp.int64), True
+    elif not signed:
+        wide = xp.__array_namespace_info__().default_dtypes()["integral"]
+        if xp.iinfo(wide).bits == 64:
+            positions, signed = xp.astype(positions, wide), True
     sign = None
     if signed:
         sign = xp.where(positions < 0, xp.asarray(-1, dtype=xp.int32), xp.asarray(1, dtype=xp.int32))

@@ -178,18 +178,12 @@ def exact_turns(namespace: str, positions: np.ndarray, head_dim: int, w: float, 
 KINDS = ["int32", "int64", "int8", "uint8", "int16", "uint16", "uint32", "float32", "float64"]
 
 
-def _skip_unheld(namespace: str, kind: str) -> None:
-    if namespace == "torch" and kind in ("uint32", "uint64"):
-        pytest.skip("torch has no shifts or comparisons of uint32/uint64: its backend reads them as int64")
-
-
 @pytest.mark.parametrize("namespace", list(NAMESPACES))
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(("head_dim", "w", "s"), CONFIGS, ids=CONFIG_IDS)
 def test_exact_turns_within_bound(namespace: str, kind: str, head_dim: int, w: float, s: float) -> None:
     """|m| <= 2**24, integer or real, every integer dtype: within EXACT_TURNS_BOUND of the exact
     cos/sin, in every array namespace (JAX with x64 off for 32-bit positions)."""
-    _skip_unheld(namespace, kind)
     positions, exact = reference(kind, head_dim, w, s)
     assert max_error(exact_turns(namespace, positions, head_dim, w, s), exact) <= EXACT_TURNS_BOUND
 
@@ -200,7 +194,6 @@ def test_exact_turns_reduce_exactly_at_any_position(namespace: str, kind: str) -
     """Beyond 2**24, up to each dtype's limits: the reduction of m r^_i modulo one turn is exact (the
     integer part taken modulo 2**60), so the tables stay within the same bound of cos/sin of the
     exact turn of the 60-bit r^_i."""
-    _skip_unheld(namespace, kind)
     head_dim, w, s = 128, 1e4, 1.0
     positions = wide_positions_of(kind, 3)
     tables = exact_turns(namespace, positions, head_dim, w, s)
@@ -252,8 +245,6 @@ def _float64_torch(positions: np.ndarray, revolutions: tuple[float, ...]) -> Any
     torch = pytest.importorskip("torch")
     import array_api_compat.torch as xp
 
-    if positions.dtype.kind == "u" and positions.dtype.itemsize > 1:
-        pytest.skip("torch has no conversions of uint16/32/64 here: its backend reads them as int64")
     return float64_turn_tables(xp, torch.from_numpy(positions), torch.tensor(revolutions, dtype=torch.float64))
 
 
