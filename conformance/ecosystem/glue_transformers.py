@@ -1,8 +1,8 @@
 """transformers: rotary modules built from SPEC's parameters, and the accuracy profile's calls.
 
 Glue only. ``check --convention hf`` builds Gemma 4's own rotary class from a case's parameters itself
-(``--rotary ...:Gemma4TextRotaryEmbedding``); Phi's is built here, as a Phi config.json states a
-partial rotary factor (``phi_rotary``: that config, not p-RoPE's, is what Phi users run). The
+(``--rotary ...:Gemma4TextRotaryEmbedding``); GPT-NeoX's is built here, as a GPT-NeoX config.json
+states a partial rotary factor (``gpt_neox_rotary``: that config, not p-RoPE's, is what its users run). The
 ``*_profile`` functions do what each family's attention does: cos/sin from its rotary module, then
 its ``apply_rotary_pos_emb``.
 """
@@ -35,15 +35,15 @@ def gemma4_rotary(head_dim: int, max_wavelength: float, rope_percentage: float, 
     return lambda x, position_ids: module(x, position_ids, "full_attention")
 
 
-def phi_rotary(head_dim: int, max_wavelength: float, rope_percentage: float, scale_factor: float = 1.0) -> Any:
-    """Phi's ``PhiRotaryEmbedding``: ``partial_rotary_factor`` GPT-NeoX style (the contrast)."""
-    from transformers import PhiConfig
-    from transformers.models.phi.modeling_phi import PhiRotaryEmbedding
+def gpt_neox_rotary(head_dim: int, max_wavelength: float, rope_percentage: float, scale_factor: float = 1.0) -> Any:
+    """GPT-NeoX's ``GPTNeoXRotaryEmbedding``: ``partial_rotary_factor`` GPT-NeoX style (the contrast)."""
+    from transformers import GPTNeoXConfig
+    from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding
 
     rope: dict[str, Any] = {"rope_theta": float(max_wavelength), "partial_rotary_factor": float(rope_percentage)}
     rope |= {"rope_type": "linear", "factor": float(scale_factor)} if scale_factor != 1.0 else {"rope_type": "default"}
-    config = PhiConfig(hidden_size=head_dim, num_attention_heads=1, num_key_value_heads=1, rope_parameters=rope)
-    return PhiRotaryEmbedding(config)
+    config = GPTNeoXConfig(hidden_size=head_dim, num_attention_heads=1, rope_parameters=rope)
+    return GPTNeoXRotaryEmbedding(config)
 
 
 def _profile(rotary: Any, apply: Any, x: Any, positions: Any, pair: bool) -> Any:
@@ -64,8 +64,8 @@ def gemma4_profile(x: Any, positions: Any, head_dim: int, max_wavelength: float,
     return _profile(rotary, apply_rotary_pos_emb, x, positions, pair=False)
 
 
-def phi_profile(x: Any, positions: Any, head_dim: int, max_wavelength: float, rope_percentage: float) -> Any:
-    from transformers.models.phi.modeling_phi import apply_rotary_pos_emb
+def gpt_neox_profile(x: Any, positions: Any, head_dim: int, max_wavelength: float, rope_percentage: float) -> Any:
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
 
-    rotary = phi_rotary(head_dim, max_wavelength, rope_percentage)
+    rotary = gpt_neox_rotary(head_dim, max_wavelength, rope_percentage)
     return _profile(rotary, apply_rotary_pos_emb, x, positions, pair=True)

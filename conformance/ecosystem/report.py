@@ -120,9 +120,13 @@ def markdown(summaries: list[dict[str, Any]], timings: dict[str, float]) -> str:
         lines.append(f"**{s['name']} {s.get('version', '')}** (`{s.get('command', '')}`):")
         lines.append("")
         for f in findings:
-            link = Path(f["reproducer"]).relative_to("reports").as_posix() if f.get("reproducer") else ""
             matched = f" — matches {f['mistake']}" if f.get("mistake") else ""
-            lines.append(f"- `{f['case']}`: {f['problem']}{matched}. Reproducer: [{Path(link).name}]({link})")
+            if f.get("reproducer"):
+                link = Path(f["reproducer"]).relative_to("reports").as_posix()
+                where = f"Reproducer: [{Path(link).name}]({link})"
+            else:
+                where = "No reproducer: check writes none for this convention yet"
+            lines.append(f"- `{f['case']}`: {f['problem']}{matched}. {where}")
         if s.get("more_findings"):
             lines.append(f"- and {s['more_findings']} more failing case names (`check` lists them all)")
         lines.append("")

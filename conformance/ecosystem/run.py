@@ -26,7 +26,7 @@ import numpy as np
 from . import REPRO_DIR, Library, library
 
 CHECK_TIMEOUT = 600  # seconds for one library's check run
-MAX_REPRODUCERS = 3  # per library: one per distinct finding
+MAX_REPRODUCERS = 4  # per library: one per distinct finding
 # The accuracy profile: float32, windows of consecutive positions starting at each decade and near 2**24.
 PROFILE_CONFIGS: dict[str, dict[str, Any]] = {
     "llama": {"label": "H = 128, w = 1e4, p = 1", "H": 128, "w": 1e4, "p": 1.0},
@@ -104,6 +104,10 @@ def _verdicts(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return verdicts
 
 
+def _dtype(case_id: str) -> str:
+    return case_id.split("/")[1] if case_id.count("/") >= 2 else ""
+
+
 def _case_stem(case_id: str) -> str:
     """apply/float32/p0-identity -> apply/p0-identity (the finding, whatever the dtype)."""
     parts = case_id.split("/")
@@ -137,18 +141,22 @@ def _findings(raw: dict[str, Any]) -> list[dict[str, Any]]:
                 "what": case.get("case", ""),
                 "problem": _problem(case),
                 "mistake": mistake,
-                "script": reproducers[case["id"]],
+                "script": reproducers.get(case["id"]),
             }
         )
 
-    candidates = [c for c in failing if c["id"] in reproducers]
-    for case in candidates:  # first, one case per mistake check matched (a dtype whose failures it all explains)
-        dtype = case["id"].split("/")[1] if case["id"].count("/") >= 2 else ""
-        named = (by_dtype.get(dtype) or {}).get("mistakes") or []
-        if len(named) == 1 and named[0] not in mistakes and _case_stem(case["id"]) not in stems:
-            add(case, named[0])
-    for case in candidates:  # then the other failing case names
-        if _case_stem(case["id"]) not in stems:
+    def explained(dtype: str) -> str | None:
+        """The one mistake check matched for every failing case of ``dtype`` (not "k of n cases examined")."""
+        verdict = by_dtype.get(dtype) or {}
+        named = verdict.get("mistakes") or []
+        return named[0] if len(named) == 1 and "examined" not in (verdict.get("cause") or "") else None
+
+    for case in failing:  # first, one case per mistake that explains a dtype's failures
+        mistake = explained(_dtype(case["id"]))
+        if mistake and mistake not in mistakes and _case_stem(case["id"]) not in stems:
+            add(case, mistake)
+    for case in failing:  # then each other failing case name
+        if not explained(_dtype(case["id"])) and _case_stem(case["id"]) not in stems:
             add(case, None)
     return findings
 
@@ -171,6 +179,9 @@ def _write_reproducers(lib: Library, version: str | None, findings: list[dict[st
         old.unlink()
     install = " ".join(r for r in (*lib.requirements, *lib.no_deps))
     for finding in findings[:MAX_REPRODUCERS]:
+        if not finding["script"]:
+            finding["reproducer"] = None  # check wrote none for this case
+            continue
         name = f"{lib.key}--" + re.sub(r"[^A-Za-z0-9_.-]+", "-", finding["case"]) + ".py"
         header = [
             f"# {lib.name} {version}: {finding['problem']}",
