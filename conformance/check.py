@@ -281,7 +281,7 @@ def check(
     if compile:
         _usable(lambda: fw.compile(function))
     if autocast:
-        _usable(lambda: _enter_and_leave(fw.autocast(autocast)))
+        _usable(lambda: _enter_and_leave(fw.autocast(autocast, device)))
     target = make(fw)
     cases = check_cases(tuple(dtypes))
     if params is not None:

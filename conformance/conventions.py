@@ -321,7 +321,10 @@ class VllmTarget(ConventionTarget):
         query = self.native(x_np.reshape(batch * length, heads * head_dim))
         key = self.native(k_np.reshape(batch * length, head_dim))
         extra: dict[str, Any] = {}
-        target = self.function if self.is_kernel else self.built(self.function, case, max_position=rows)  # type: ignore[arg-type]
+        assert self.function is not None
+        target: Callable[..., Any] = (
+            self.function if self.is_kernel else self.built(self.function, case, max_position=rows)
+        )
         if case.positions.kind == "offsets" and _accepts(getattr(target, "forward", target), "offsets"):
             # per-sequence offsets: positions 0 .. L-1 in each row, the row's first position as its offset
             first = np.repeat(positions.reshape(batch, length)[:, :1], length, axis=1).reshape(-1)
@@ -335,7 +338,7 @@ class VllmTarget(ConventionTarget):
             cache_np = np.concatenate([cos, sin], axis=-1).astype(table_dtype(case))
             cache = self.native(cache_np)
             values = {"head_size": head_dim, "cos_sin_cache": cache, "is_neox": case.pairing == "split_half"}
-            names, _ = parameter_names(self.function)  # type: ignore[arg-type]
+            names, _ = parameter_names(self.function)
             result = self.invoke(pos, query, key, **{k: v for k, v in values.items() if k in names}, **extra)
             watched.append(("cos_sin_cache", cache, cache_np))
         else:
@@ -448,7 +451,7 @@ class OnnxTarget(ConventionTarget):
                       for n, a in inputs]  # fmt: skip
             x = inputs[0][1]
             output = helper.make_tensor_value_info("Y", helper.np_dtype_to_tensor_dtype(x.dtype), [None] * x.ndim)
-            node = helper.make_node("RotaryEmbedding", [n for n, _ in inputs], ["Y"], **attributes)
+            node = helper.make_node("RotaryEmbedding", [n for n, _ in inputs], ["Y"], **attributes)  # type: ignore[arg-type]
             graph = helper.make_graph([node], "p_rope_check", values, [output])
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
             onnx.checker.check_model(model)
@@ -462,7 +465,7 @@ class OnnxTarget(ConventionTarget):
         heads = case.heads
         rows = _cache_rows(case, positions)
         by_id = rows is not None and rows * case.head_dim <= 2**22 and case.seed % 2 == 0
-        if by_id:  # a position-indexed cache and position_ids
+        if by_id and rows is not None:  # a position-indexed cache and position_ids
             cos64, sin64 = full_tables(case, np.arange(rows))
         else:  # one cos/sin row per token ([B, L, H/2], no position_ids): any position
             cos64, sin64 = full_tables(case, positions)

@@ -69,8 +69,8 @@ class Framework:
         raise NotImplementedError(f"{self.name} has no compiler (--compile needs PyTorch or JAX)")
 
     @contextlib.contextmanager
-    def autocast(self, dtype: str | None) -> Iterator[None]:
-        """The framework's mixed-precision mode (``check --autocast``); a no-op for None."""
+    def autocast(self, dtype: str | None, device: str = "cpu") -> Iterator[None]:
+        """The framework's mixed-precision mode on ``device`` (``check --autocast``); a no-op for None."""
         if dtype is not None:
             raise NotImplementedError(f"{self.name} has no autocast (--autocast needs PyTorch)")
         yield
@@ -284,12 +284,12 @@ class TorchFramework(Framework):
         return self._torch().compile(function)  # type: ignore[no-any-return]
 
     @contextlib.contextmanager
-    def autocast(self, dtype: str | None) -> Iterator[None]:
+    def autocast(self, dtype: str | None, device: str = "cpu") -> Iterator[None]:
         if dtype is None:
             yield
             return
         torch = self._torch()
-        with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=getattr(torch, dtype)):
+        with torch.autocast(device, dtype=getattr(torch, dtype)):
             yield
 
     def aliases(self, output: Any, array: Any) -> bool:

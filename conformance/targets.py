@@ -347,7 +347,7 @@ class CallableTarget(Target):
 
     def invoke(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function under test (compiled, under autocast, as asked)."""
-        with self.framework.autocast(self.autocast):
+        with self.framework.autocast(self.autocast, self.device):
             return self.callable()(*args, **kwargs)
 
     def _apply(self, case: Case, x: Any, positions: Any) -> Any:
