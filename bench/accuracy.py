@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -203,7 +204,60 @@ def report(results: dict[str, tuple[dict[str, np.ndarray], dict[str, str]]], sta
         lines.append("")
     if HF_SOURCE:
         lines += [f"HF baseline: {HF_SOURCE[0]}.", ""]
+    lines += library_tables(results, starts, load_ecosystem())
     return "\n".join(lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# other libraries, from the ecosystem report (their own code, run by `nox -s ecosystem` in their environments)
+
+ECOSYSTEM_JSON = ROOT / "reports" / "ecosystem.json"
+DECADES = dict(zip(TABLE_ROWS, ("1", "10", "100", "1e3", "1e4", "1e5", "1e6", "1e7", "2^24"), strict=True))
+
+
+def load_ecosystem(path: Path = ECOSYSTEM_JSON) -> list[dict[str, Any]]:
+    """The graded libraries of reports/ecosystem.json with their accuracy profile (none if absent)."""
+    if not path.exists():
+        return []
+    libraries = json.loads(path.read_text()).get("libraries", [])
+    return [lib for lib in libraries if lib.get("status") == "graded" and lib.get("accuracy")]
+
+
+Results = dict[str, tuple[dict[str, np.ndarray], dict[str, str]]]
+
+
+def library_tables(results: Results, starts: np.ndarray, libraries: list[dict[str, Any]]) -> list[str]:
+    """Worst error per position decade: this project's implementations (this run) beside each library of
+    the ecosystem report (its run), on the same windows: 8 positions from each decade, 4 heads."""
+    lines = [
+        "## Across libraries: worst error per position decade",
+        "",
+        "As the CORE-MATH tables do for libm: the worst relative error (÷ strict bound) of each implementation",
+        "on the window of 8 positions starting at each decade (the last ending at 2**24), float32. Our rows",
+        "come from this run; the libraries' from reports/ecosystem.json (`nox -s ecosystem`: each library's",
+        "own code in its own environment at its pinned version, same windows, its own random inputs).",
+        "",
+    ]
+    if not libraries:
+        return [*lines, "reports/ecosystem.json is absent or has no accuracy profiles: run `nox -s ecosystem`.", ""]
+    rows = [i for i, start in enumerate(starts) if int(start) in DECADES]
+    labels = [DECADES[int(starts[i])] for i in rows]
+    for key, (errs, _) in results.items():
+        lines += [f"### {CONFIGS[key]['label']}", ""]
+        lines += ["| implementation | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+        for name, values in errs.items():
+            cells = [f"{fmt(values[i, 0])} ({values[i, 1]:.2g})" for i in rows]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        for lib in libraries:
+            profile = lib["accuracy"].get(key, {})
+            name = f"{lib['name']} {lib.get('version', '')}"
+            if "relative" not in profile:
+                lines.append(f"| {name} | not run: {profile.get('error', 'no profile')} |" + " |" * (len(labels) - 1))
+                continue
+            cells = [f"{fmt(profile['relative'][d])} ({profile['strict'][d]:.2g})" for d in labels]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plot(plt: Any, results: dict[str, tuple[dict[str, np.ndarray], dict[str, str]]], starts: np.ndarray, path: Path):

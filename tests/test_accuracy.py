@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -360,3 +361,45 @@ def test_relative_position_check_rejects_float32_angles() -> None:
 def test_strict_bound_is_nine_float32_units() -> None:
     """STRICT_EPS above is SPEC.md's strict level for float32 outputs."""
     assert STRICT_EPS == UNIT_ROUNDOFF["float32"] + 8 * 2.0**-24
+
+
+# ---------------------------------------------------------------------------------------------
+# the accuracy report across libraries (bench/accuracy.py, from reports/ecosystem.json)
+
+
+def _bench_accuracy() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("bench_accuracy_under_test", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_library_tables_put_each_library_beside_ours() -> None:
+    """Each graded library's decade profile is a row beside ours, at the same windows; a library that
+    could not run a layer says so; without profiles the section says how to make them."""
+    accuracy = _bench_accuracy()
+    starts = accuracy.grid()
+    ours = np.zeros((len(starts), 3))
+    ours[:, 0], ours[:, 1] = 1e-7, 0.2
+    results = {key: ({"ours: reference": ours}, {}) for key in accuracy.CONFIGS}
+    labels = list(accuracy.DECADES.values())
+    library = {
+        "name": "somelib",
+        "version": "1.2.3",
+        "status": "graded",
+        "accuracy": {
+            "llama": {"relative": dict.fromkeys(labels, 0.5), "strict": dict.fromkeys(labels, 9e5)},
+            "gemma4-global": {"error": "ValueError: head_dim > 256"},
+        },
+    }
+    lines = accuracy.library_tables(results, starts, [library])
+    text = "\n".join(lines)
+    assert "| ours: reference | 1e-07 (0.2) |" in text
+    assert "| somelib 1.2.3 | 0.5 (9e+05) |" in text
+    assert "| somelib 1.2.3 | not run: ValueError: head_dim > 256 |" in text
+    assert all(int(s) in {int(x) for x in starts} for s in accuracy.DECADES)  # our windows exist in the grid
+    assert "run `nox -s ecosystem`" in "\n".join(accuracy.library_tables(results, starts, []))
