@@ -314,7 +314,8 @@ def check(
         for result in outcome.failures(repro_level)[:max_reproducers]:
             if result.raised is not None and "did not return" in result.raised:
                 continue
-            text, note = reproduce(target, fw, result, repro_level, impl, import_statement)
+            with watchdog.armed(f"reproducer of {result.case.id}") if watchdog else contextlib.nullcontext():
+                text, note = reproduce(target, fw, result, repro_level, impl, import_statement, timeout)
             outcome.reproducers[result.case.id] = text
             outcome.repro_notes[result.case.id] = note
     for result in results:
@@ -389,7 +390,13 @@ def _call_with(target: CallableTarget, case: Case, x: Any, positions: Any, chang
 
 
 def reproduce(
-    target: CallableTarget, fw: Framework, result: CaseResult, level: str, impl: str, import_statement: str
+    target: CallableTarget,
+    fw: Framework,
+    result: CaseResult,
+    level: str,
+    impl: str,
+    import_statement: str,
+    timeout: float | None = None,
 ) -> tuple[str, str]:
     """Shrink a failing case to the smallest candidate that still fails, and write its script."""
     case = result.case
@@ -403,7 +410,7 @@ def reproduce(
     ):
         sub = dataclasses.replace(case, shape=x.shape, positions=dataclasses.replace(case.positions, form="full"))
         sub_arrays = dataclasses.replace(arrays, inputs=x, positions=positions)
-        sub_result = execute(target, sub, sub_arrays)
+        sub_result = execute(target, sub, sub_arrays, timeout=timeout)
         if not sub_result.passed(level):
             chosen = (sub, x, positions, sub_result)
             break
@@ -412,7 +419,7 @@ def reproduce(
     sub, x, positions, sub_result = chosen
     for smaller, x_small in shrink_head(sub, x):  # the smallest head dimension that still fails
         small_arrays = dataclasses.replace(arrays, inputs=x_small, positions=positions)
-        small_result = execute(target, smaller, small_arrays)
+        small_result = execute(target, smaller, small_arrays, timeout=timeout)
         if not small_result.passed(level):
             sub, x, sub_result = smaller, x_small, small_result
             break
