@@ -16,6 +16,12 @@ framework's idiom, with the precision choices its style is known for.
   cos/sin are float32 values: SPEC.md requires float64 inputs to be computed in float64, so it is
   not conformant in float64 (the self-test checks that the suite says so).
 
+The other call conventions of conformance/conventions.py, each in its library's idiom (PyTorch):
+``hf_apply_rotary_pos_emb`` with ``HfProportionalRotary`` (Hugging Face's cos/sin API and a
+proportional rotary module), ``EngineRotary`` (an engine layer with a float32 cos/sin cache,
+vLLM's shape), ``flash_apply_rotary_emb`` (flash-attn's interface) and ``angles_apply_rotary_emb``
+(rotary-embedding-torch's); tests/test_check_conventions.py requires each to be accepted.
+
 Expected grades (SPEC.md, "Accuracy"): all three conformant for float16, bfloat16 and float32;
 ``paper_numpy`` and ``gemma_jax`` fail the strict level from small positions on (their float32 angle
 error grows with the position), ``hf_torch`` fails it in 16-bit dtypes at any position (two roundings).
