@@ -176,11 +176,10 @@ def rotated_pair_count(head_dim: int, rope_percentage: float = 1.0) -> int:
     return int(rope_percentage * head_dim // 2)
 
 
-def resolve_rotated_pairs(head_dim: int, rope_percentage: object, rotated_pairs: object) -> int:
-    """R from either rope_percentage (the paper's knob) or an explicit integer pair count."""
-    head_dim = check_head_dim(head_dim)
+def _pairs(head_dim: int, rope_percentage: object, rotated_pairs: object) -> int:
+    """resolve_rotated_pairs for a checked head_dim."""
     if rotated_pairs is None:
-        return rotated_pair_count(head_dim, check_rope_percentage(rope_percentage))
+        return int(check_rope_percentage(rope_percentage) * head_dim // 2)
     if not _is_integer(rotated_pairs):
         raise TypeError(
             f"rotated_pairs must be an int or None; got {_short(rotated_pairs)} of type {type(rotated_pairs).__name__}"
@@ -448,7 +447,7 @@ def _table_spec(
     dtype: str,
 ) -> TableSpec:
     """Rows 3, 4 and 5 of SPEC.md's errors, head_dim being checked."""
-    pairs = resolve_rotated_pairs(head_dim, rope_percentage, rotated_pairs)
+    pairs = _pairs(head_dim, rope_percentage, rotated_pairs)
     w = check_max_wavelength(max_wavelength)
     scale = check_scale_factor(scale_factor)
     check_frequencies_finite(head_dim, w, pairs, scale)
@@ -518,7 +517,11 @@ def check_qk_call(
 
 
 def check_apply_tables(
-    inputs: ArrayMeta | NotAnArray, cos: ArrayMeta, sin: ArrayMeta, pairing: object, seq_axis: object
+    inputs: ArrayMeta | NotAnArray,
+    cos: ArrayMeta | NotAnArray,
+    sin: ArrayMeta | NotAnArray,
+    pairing: object,
+    seq_axis: object,
 ) -> Layout:
     """Every check of apply_p_rope_tables after tables-type: row 2 (H from the inputs' last axis, which
     must be a valid head_dim), rows 6 and 7, then T2, T3, T4."""
@@ -529,9 +532,10 @@ def check_apply_tables(
         raise ValueError(f"inputs' last axis (H) must be a positive even head_dim; got shape {tuple(array.shape)}")
     pairing_ = check_pairing(pairing)
     seq_axis_ = check_seq_axis(seq_axis)
-    pairs = check_tables(cos.shape, sin.shape, head_dim)
-    dtype = check_tables_dtype(cos.dtype, sin.dtype, array.dtype)
-    check_positions_shape(tuple(cos.shape[:-1]), array.shape, seq_axis_, "tables")
+    cos_, sin_ = check_array(cos, "tables.cos"), check_array(sin, "tables.sin")
+    pairs = check_tables(cos_.shape, sin_.shape, head_dim)
+    dtype = check_tables_dtype(cos_.dtype, sin_.dtype, array.dtype)
+    check_positions_shape(tuple(cos_.shape[:-1]), array.shape, seq_axis_, "tables")
     return Layout(pairing_, seq_axis_, pairs, dtype)
 
 
