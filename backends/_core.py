@@ -3,8 +3,8 @@
 Runs unchanged on NumPy, array-api-strict, jax.numpy and torch, on the device the input lives
 on. Every backend builds on these helpers:
 
-* ``exact_tables``: float32 cos/sin tables accurate to a few float32 ulps at any position up
-  to 2**24, using no float64 (SPEC.md, "Accuracy", strict level);
+* ``build_tables``: the cos/sin tables, float32 by SPEC.md's exact reduction (``_exact_turns``, no
+  float64 needed), float64 as cos/sin of the float64 angle;
 * ``rotate``: the rotation of the 2R rotated lanes, NoPE lanes passed through bit for bit;
 * ``rotate_into``: the same rotation in blocks, into a mutable output, temporaries bounded;
 * ``array_meta``, ``positions_meta``, ``as_positions``: the metadata that the checks of
@@ -24,7 +24,6 @@ from typing import Any
 
 import array_api_compat
 from p_rope._params import (  # vendor: inline
-    CHUNK_BITS,
     ArrayMeta,
     BadPositions,
     NotAnArray,
@@ -36,15 +35,10 @@ from p_rope._params import (  # vendor: inline
     frequency_values,
     is_integer_dtype,
     python_positions,
-    revolution_chunks,
     token_blocks,
     token_shape,
 )
-
-_TWO_PI_HI = 6.2831854820251465  # float32(2 pi)
-_TWO_PI_LO = -1.7484555314695172e-07  # float32(2 pi - _TWO_PI_HI)
-_CHUNK = float(1 << CHUNK_BITS)
-
+from p_rope.backends._exact_turns import exact_turn_tables, turn_constants  # vendor: inline
 
 # ---------------------------------------------------------------------------------------------
 # dtype and argument helpers
@@ -114,87 +108,6 @@ def element_strides(x: Any) -> tuple[int, ...]:
 # tables
 
 
-def _frac(xp: Any, t: Any) -> Any:
-    """t - round(t), in [-1/2, 1/2]; exact in floating point."""
-    return t - xp.round(t)
-
-
-def _wide_integers(xp: Any, positions: Any) -> Any:
-    """Integer positions in a dtype in which p // 4096 and p - 4096 h are exact and supported:
-    8- and 16-bit integers widened to int32, unsigned ones of 32 and 64 bits to xp's default integer
-    (int64; uint64 positions of 2**63 and more wrap, far beyond the strict range, where the
-    conformant bound exceeds any rotation's error)."""
-    name = dtype_name(positions.dtype)
-    if name in ("int32", "int64") or (name == "uint32" and _integer_bits(xp) == 32):
-        return positions
-    if xp.iinfo(positions.dtype).bits < 32:
-        return xp.astype(positions, xp.int32)
-    return xp.astype(positions, xp.__array_namespace_info__().default_dtypes()["integral"])
-
-
-def _position_chunks(xp: Any, positions: Any) -> tuple[Any, Any, Any | None, Any | None]:
-    """Split positions p = 4096 hi + mid + fa + fb, each piece cast exactly to float32:
-    hi and mid are integers below 4096 in magnitude (for |p| < 2**24), fa a multiple of 2**-12
-    below 1, fb below 2**-12. Real positions are split toward zero (trunc), so every piece keeps
-    p's sign and each subtraction is exact; floor would round for negative non-integers.
-    Integer positions have no fa, fb. A real hi is taken modulo 2**24, exactly, so that it stays
-    finite in float32 (positions beyond 2**36, where SPEC.md's conformant bound exceeds any
-    rotation's error)."""
-    f32 = xp.float32
-    if is_integer_dtype(dtype_name(positions.dtype)):
-        positions = _wide_integers(xp, positions)
-        hi = positions // (1 << CHUNK_BITS)
-        mid = positions - hi * (1 << CHUNK_BITS)
-        return xp.astype(hi, f32), xp.astype(mid, f32), None, None
-    hi = xp.trunc(positions / _CHUNK)
-    rest = positions - hi * _CHUNK
-    mid = xp.trunc(rest)
-    frac = rest - mid
-    fa = xp.trunc(frac * _CHUNK) / _CHUNK
-    fb = frac - fa
-    hi = xp.where(xp.abs(hi) < 2.0**24, hi, hi - xp.trunc(hi / 2.0**24) * 2.0**24)
-    return xp.astype(hi, f32), xp.astype(mid, f32), xp.astype(fa, f32), xp.astype(fb, f32)
-
-
-def exact_tables(
-    xp: Any, positions: Any, head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
-) -> RopeTables:
-    """float32 cos/sin of 2 pi * frac(p * r_i) for the R rotated pairs, shape positions.shape + (R,).
-
-    Error-free reduction of the angle modulo one turn (SPEC.md, "Accuracy", strict level): every
-    product below is exact in float32 and the coarse fractions lie on a 2**-24 grid whose sums are
-    exact, so the only roundings are a final addition, the multiplication by 2 pi and sin/cos of an
-    argument in [-pi/4, pi/4]. Costs about 40 elementwise float32 operations per table entry.
-    """
-    device = array_api_compat.device(positions)
-    whole, c1, c2, c3, c4, c5 = (
-        xp.asarray(row, dtype=xp.float32, device=device)
-        for row in revolution_chunks(head_dim, max_wavelength, pairs, scale_factor)
-    )
-    hi, mid, fa, fb = (None if piece is None else piece[..., None] for piece in _position_chunks(xp, positions))
-    # hi * 4096 * c1 is an integer: it drops out of the angle.
-    coarse = [hi * (_CHUNK * c2), hi * (_CHUNK * c3), mid * c1, mid * c2]
-    fine = [hi * (_CHUNK * c4), hi * (_CHUNK * c5), mid * c3, mid * c4]
-    if fa is not None:
-        coarse += [fa * c1, fa * whole]
-        fine += [fa * c2, fa * c3, fb * (whole + c1 + c2)]
-    turns = _frac(xp, coarse[0])
-    for term in coarse[1:]:
-        turns = _frac(xp, turns + _frac(xp, term))
-    small = fine[0]
-    for term in fine[1:]:
-        small = small + term
-    quarter = xp.round(turns * 4.0)
-    reduced = (turns - quarter * 0.25) + small  # in [-1/8, 1/8] turn, up to 2**-28
-    angle = reduced * _TWO_PI_HI + reduced * _TWO_PI_LO
-    cos, sin = xp.cos(angle), xp.sin(angle)
-    q = xp.remainder(quarter, 4.0)
-    # rotate (cos, sin) by q quarter turns: exact
-    out_cos = xp.where(q == 0.0, cos, xp.where(q == 1.0, -sin, xp.where(q == 2.0, -cos, sin)))
-    out_sin = xp.where(q == 0.0, sin, xp.where(q == 1.0, cos, xp.where(q == 2.0, -sin, -cos)))
-    return RopeTables(out_cos, out_sin)
-
-
 def float64_tables(
     xp: Any, positions: Any, head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
 ) -> RopeTables:
@@ -208,10 +121,15 @@ def float64_tables(
 
 
 def build_tables(xp: Any, positions: Any, spec: TableSpec) -> RopeTables:
-    """The tables of spec (its dtype: float32 by exact_tables, float64 by float64_tables)."""
-    build = exact_tables if spec.dtype == "float32" else float64_tables
+    """The tables of spec: float32 by SPEC.md's exact reduction (exact_turn_tables), float64 by
+    float64_tables."""
     ladder = (spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
-    return quietly(xp, build, xp, positions, *ladder)
+    if spec.dtype == "float64":
+        return quietly(xp, float64_tables, xp, positions, *ladder)
+    device = array_api_compat.device(positions)
+    heads, tails = turn_constants(*ladder)
+    constants = (xp.asarray(heads, dtype=xp.int32, device=device), xp.asarray(tails, dtype=xp.float32, device=device))
+    return quietly(xp, exact_turn_tables, xp, positions, constants)
 
 
 def quietly(xp: Any, fn: Any, *args: Any) -> Any:

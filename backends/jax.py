@@ -17,16 +17,11 @@ JAX users expect:
   only the 2R rotated lanes and writes them into a copy of the input, so inside a jitted model,
   where the input buffer is an intermediate (or a donated argument), XLA writes just those lanes.
 
-Accuracy (SPEC.md, "Accuracy", strict level): float32 tables within about one float32 unit of
-the exact cosine and sine (1.06 measured) for integer and real positions up to 2**31 in magnitude,
-without float64. This is a native path, not _core.exact_tables: the angle is reduced modulo one turn
-in 32-bit integer fixed point (the turns per unit position held to 60 bits, the position's integer
-part taken modulo 2**64, its fraction to 2**-32), then sin and cos are evaluated by polynomials on
-[-pi/4, pi/4] and turned by the exact quarter turns. Under XLA it is about three times faster than
-exact_tables and more accurate (1.9 units there, and negative real positions are exact here too).
-Real positions are taken as the values JAX holds: with x64 off, JAX turns float64 data into
-float32 (its rule), rounding a non-integer position to 2**-24 of its magnitude; pass integer or
-float32 positions, or enable x64, where that matters.
+Tables: float32 by SPEC.md's exact reduction ("Accuracy"), in 32-bit integers and float32 with or
+without x64; float64 (x64 on, float64 inputs) as cos/sin of the float64 angle. Real positions are
+taken as the values JAX holds: with x64 off, JAX turns float64 data into float32 (its rule), rounding
+a non-integer position to 2**-24 of its magnitude; pass integer or float32 positions, or enable x64,
+where that matters.
 
 Shape letters: B... batch axes, L sequence, N heads, H head_dim, R rotated pairs.
 """
@@ -34,7 +29,6 @@ Shape letters: B... batch axes, L sequence, N heads, H head_dim, R rotated pairs
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
@@ -60,7 +54,6 @@ from p_rope._params import (  # vendor: inline
     frequency_values,
     is_integer_dtype,
     python_positions,
-    revolution_chunks,
     rotated_pair_count,
 )
 from p_rope.backends._core import (  # vendor: inline
@@ -69,6 +62,7 @@ from p_rope.backends._core import (  # vendor: inline
     float64_tables,
     table_dtype_name,
 )
+from p_rope.backends._exact_turns import exact_turn_tables, turn_constants  # vendor: inline
 
 __all__ = [
     "RopeTables",
@@ -153,146 +147,17 @@ def _checked_spec(spec: TableSpec) -> TableSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# float32 tables: exact reduction of the angle in 32-bit integer fixed point
-
-_U32 = jnp.uint32
-_LOW16 = 0xFFFF
-# One turn is 2**32 units of the fixed point. The angle of a remainder of at most 2**29 units
-# (an eighth of a turn) is rest_hi * _STEP + rest_lo * _UNIT with rest = rest_hi * 2**17 + rest_lo;
-# _STEP_HI holds the 11 leading bits of _STEP = 2**17 units, so rest_hi * _STEP_HI is exact.
-_UNIT_EXACT = 2.0 * math.pi / 2.0**32
-_STEP_EXACT = _UNIT_EXACT * 2.0**17
-_STEP_EXPONENT = math.floor(math.log2(_STEP_EXACT)) - 10
-_STEP_HI = math.ldexp(round(math.ldexp(_STEP_EXACT, -_STEP_EXPONENT)), _STEP_EXPONENT)
-_STEP_LO = float(np.float32(_STEP_EXACT - _STEP_HI))
-_UNIT = float(np.float32(_UNIT_EXACT))
-# sin x = x + x^3 S(x^2), cos x = 1 - x^2/2 + x^4 C(x^2) on [-pi/4, pi/4]; near-minimax fits whose
-# approximation error (< 4e-12) is far below float32 rounding.
-_SIN = (-0.16666666640108763, 0.008333329247491082, -0.00019839297818797456, 2.718008138740194e-06)
-_COS = (0.04166666662105897, -0.0013888883628044722, 2.479949183216369e-05, -2.7208205617983063e-07)
-
-
-@functools.lru_cache(maxsize=256)
-def _fixed_point_turns(head_dim: int, max_wavelength: float, pairs: int, scale_factor: float) -> tuple[np.ndarray, ...]:
-    """Turns per unit position of each rotated pair, r_i = W_i + F_i / 2**64, as uint32 arrays
-    (W mod 2**32, the high and low 32 bits of F, and the 16-bit halves of those), from the exact
-    revolution chunks of _params (60 fractional bits)."""
-    rows = revolution_chunks(head_dim, max_wavelength, pairs, scale_factor)
-    whole = [int(w) % (1 << 32) for w in rows[0]]
-    fraction = [0] * pairs
-    for row in rows[1:]:
-        for i, chunk in enumerate(row):
-            fraction[i] += int(math.ldexp(chunk, 64))  # chunk is a multiple of 2**-60: exact
-    high = [f >> 32 for f in fraction]
-    low = [f & 0xFFFFFFFF for f in fraction]
-    as_u32 = functools.partial(np.asarray, dtype=np.uint32)
-    return (
-        as_u32(whole),
-        as_u32(high),
-        as_u32([h >> 16 for h in high]),
-        as_u32([h & _LOW16 for h in high]),
-        as_u32(low),
-        as_u32([v >> 16 for v in low]),
-        as_u32([v & _LOW16 for v in low]),
-    )
-
-
-def _mulhi(a_hi: jax.Array, a_lo: jax.Array, b_hi: jax.Array, b_lo: jax.Array) -> jax.Array:
-    """floor(a * b / 2**32) for uint32 a, b given by their 16-bit halves, less at most 3."""
-    return a_hi * b_hi + ((a_hi * b_lo) >> 16) + ((a_lo * b_hi) >> 16)
-
-
-def _split_u32_float(value: jax.Array) -> jax.Array:
-    """A float holding an integer in [0, 2**32), as uint32 (exact: converted by 16-bit halves)."""
-    high = jnp.floor(value * (1.0 / 65536.0))
-    low = value - high * 65536.0
-    return (high.astype(_U32) << 16) | low.astype(_U32)
-
-
-def _position_words(positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
-    """Integer positions as the words (high, low) of p mod 2**64 in two's complement, uint32 each;
-    only p mod 2**64 matters, the turns per position being a 64-bit fixed-point fraction.
-    Real positions as (high, low) of floor(|p|) mod 2**64, the fraction |p| - floor(|p|) in units
-    of 2**-32 (uint32), and the sign of p (the angle of -p is minus that of p)."""
-    if is_integer_dtype(dtype_name(positions.dtype)):
-        if positions.dtype.itemsize == 8:
-            low = (positions & 0xFFFFFFFF).astype(_U32)
-            high = ((positions >> 32) & 0xFFFFFFFF).astype(_U32)
-        elif dtype_name(positions.dtype) == "uint32":
-            low, high = positions, jnp.zeros_like(positions)
-        else:
-            signed = positions.astype(jnp.int32)
-            low = lax.bitcast_convert_type(signed, _U32)
-            high = jnp.where(signed < 0, _U32(0xFFFFFFFF), _U32(0))
-        return high, low, None, None
-    magnitude = jnp.abs(positions)
-    whole = jnp.floor(magnitude)
-    fraction = (magnitude - whole) * 2.0**16  # exact
-    fraction_hi = jnp.floor(fraction)
-    fraction_lo = jnp.floor((fraction - fraction_hi) * 2.0**16)  # drops below 2**-32: exact enough
-    upper = jnp.floor(whole * 2.0**-32)
-    lower = whole - upper * 2.0**32  # exact (a float32 reaching 2**32 is a multiple of 2**9)
-    upper = upper - jnp.floor(upper * 2.0**-32) * 2.0**32
-    units = (fraction_hi.astype(_U32) << 16) | fraction_lo.astype(_U32)
-    return _split_u32_float(upper), _split_u32_float(lower), units, positions < 0
-
-
-def _sincos_reduced(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(cos a, sin a) for float32 a in [-pi/4, pi/4], each within 0.75 float32 units of exact.
-    1 - a^2/2 is formed exactly from a split of a into 12 leading bits and the rest."""
-    z = a * a
-    s = a + a * (z * (_SIN[0] + z * (_SIN[1] + z * (_SIN[2] + z * _SIN[3]))))
-    a_hi = lax.bitcast_convert_type(lax.bitcast_convert_type(a, jnp.int32) & -4096, jnp.float32)
-    a_lo = a - a_hi
-    half_sq = 0.5 * (a_hi * a_hi)  # exact
-    half_sq_lo = 0.5 * (a_lo * (a + a_hi))  # a^2/2 - half_sq, to 2**-24 relative
-    head = 1.0 - half_sq
-    head_err = (1.0 - head) - half_sq  # exact rounding error of head
-    c = head + ((head_err - half_sq_lo) + (z * z) * (_COS[0] + z * (_COS[1] + z * (_COS[2] + z * _COS[3]))))
-    return c, s
-
-
-def _fixed_point_tables(positions: jax.Array, head_dim: int, max_wavelength: float, pairs: int, scale: float):
-    """float32 RopeTables of shape positions.shape + (R,), each entry within about one float32 unit
-    of cos/sin of the exact angle (SPEC.md "Accuracy")."""
-    whole, f_high, fh_hi, fh_lo, f_low, fl_hi, fl_lo = (
-        jnp.asarray(row) for row in _fixed_point_turns(head_dim, max_wavelength, pairs, scale)
-    )
-    high, low, fraction, negative = _position_words(positions)
-    e = (..., None)
-    # turns mod 1 in units of 2**-32: the top 32 bits of (n mod 2**64) * F / 2**64 for the whole
-    # part n (n * W is whole turns), plus fraction * (W + F / 2**64) for a real position.
-    units = low[e] * f_high + _mulhi((low >> 16)[e], (low & _LOW16)[e], fl_hi, fl_lo) + high[e] * f_low
-    if fraction is not None and negative is not None:
-        units = units + fraction[e] * whole + _mulhi((fraction >> 16)[e], (fraction & _LOW16)[e], fh_hi, fh_lo)
-        units = jnp.where(negative[e], _U32(0) - units, units)
-    quarter = (units + (1 << 29)) >> 30  # nearest quarter turn, 0..3
-    rest = lax.bitcast_convert_type(units - (quarter << 30), jnp.int32)  # in [-2**29, 2**29)
-    rest_hi = (rest >> 17).astype(jnp.float32)  # in [-2**12, 2**12)
-    rest_lo = (rest & 0x1FFFF).astype(jnp.float32)
-    big = rest_hi * _STEP_HI  # exact
-    small = rest_hi * _STEP_LO + rest_lo * _UNIT
-    angle = big + small
-    b = angle - big
-    angle_err = (big - (angle - b)) + (small - b)  # TwoSum: angle + angle_err = big + small
-    c, s = _sincos_reduced(angle)
-    c, s = c - angle_err * s, s + angle_err * c
-    odd = (quarter & 1) == 1
-    c, s = jnp.where(odd, s, c), jnp.where(odd, c, s)
-    cos = jnp.where(((quarter + 1) & 2) != 0, -c, c)
-    sin = jnp.where((quarter & 2) != 0, -s, s)
-    if fraction is not None:
-        finite = jnp.isfinite(positions)[e]
-        cos = jnp.where(finite, cos, jnp.nan)
-        sin = jnp.where(finite, sin, jnp.nan)
-    return RopeTables(cos, sin)
+# tables
 
 
 def _build_tables(positions: jax.Array, spec: TableSpec) -> RopeTables:
+    """float32: SPEC.md's exact reduction (32-bit integers, so with or without x64); float64:
+    cos/sin of the float64 angle."""
     ladder = (spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
     if spec.dtype == "float64":
         return float64_tables(jnp, positions, *ladder)
-    return _fixed_point_tables(positions, *ladder)
+    heads, tails = turn_constants(*ladder)
+    return exact_turn_tables(jnp, positions, (np.asarray(heads, np.int32), np.asarray(tails, np.float32)))
 
 
 def _own_fusion_on_cpu(fn: Any, witness: jax.Array, *args: Any) -> Any:

@@ -311,7 +311,7 @@ IMPLEMENTATIONS = {
     ),
     "torch": (
         _torch_module,
-        ("_tables", "_rotation", "_apply_rotation", "_apply_rotation_in_place"),
+        ("torch_tables", "rotation", "rotation_in_place"),
         ("in-place-read-only",),  # tensors have no read-only flag
     ),
     "jax": (

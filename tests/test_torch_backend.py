@@ -28,6 +28,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from p_rope.backends import _hugepages as hugepages
+from p_rope.backends import _torch_rotation as torch_rotation
+from p_rope.backends import _torch_tables as torch_tables
 from p_rope.backends import torch as pt
 
 from tests.helpers import (
@@ -77,10 +80,10 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     params=[pytest.param("float64", id="tables:cpu-float64"), pytest.param("int64", id="tables:int64-float32")]
 )
 def table_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both float32 table routes: through float64 (the CPU's) and the int64/float32 one (every other
-    device's), the latter forced on the CPU too."""
+    """Both float32 table algorithms: the float64 reduction (the CPU's) and the exact reduction (every
+    other device's), the latter forced on the CPU too."""
     if request.param == "int64":
-        monkeypatch.setattr(pt, "_FLOAT64_TABLE_DEVICES", ())
+        monkeypatch.setattr(torch_tables, "FLOAT64_TABLE_DEVICES", ())
     return str(request.param)
 
 
@@ -229,8 +232,8 @@ def test_random_calls_agree_with_reference(
 
 def test_chunked_rotation_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     """Long sequences are rotated in chunks along L, tables broadcast or not; every chunk conforms."""
-    monkeypatch.setattr(pt, "_CHUNK_BYTES", 2000)  # 2 or 5 rows of L per chunk
-    monkeypatch.setattr(pt, "_IN_PLACE_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(torch_rotation, "CHUNK_BYTES", 2000)  # 2 or 5 rows of L per chunk
+    monkeypatch.setattr(torch_rotation, "IN_PLACE_CHUNK_BYTES", 1000)
     rng = np.random.default_rng(5)
     cases = [
         ("float32", -3, (2, 37), 0.75),
@@ -260,16 +263,16 @@ def test_short_sequences_in_a_large_batch_go_in_bounded_chunks(
     """Where one row of L is larger than a chunk (decode with a large batch), the batch axis is cut
     too: every rotated block stays within its chunk's bytes (so do the temporaries, SPEC.md's memory
     rule), tables shared across the batch or not, and every output conforms."""
-    monkeypatch.setattr(pt, "_CHUNK_BYTES", 1500)
-    monkeypatch.setattr(pt, "_IN_PLACE_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(torch_rotation, "CHUNK_BYTES", 1500)
+    monkeypatch.setattr(torch_rotation, "IN_PLACE_CHUNK_BYTES", 1000)
     blocks: list[tuple[int, bool]] = []
-    rotate_block = pt._rotate_block
+    rotate_lanes = torch_rotation._rotate_lanes
 
-    def recorded(xr: torch.Tensor, c2: torch.Tensor, s: torch.Tensor, out: Any, direction: float) -> Any:
-        blocks.append((xr.numel() * xr.element_size(), out is xr))
-        return rotate_block(xr, c2, s, out, direction)
+    def recorded(x1: torch.Tensor, x2: torch.Tensor, c: Any, s: Any, o1: Any, o2: Any, direction: float) -> Any:
+        blocks.append((2 * x1.numel() * x1.element_size(), o1 is x1))
+        return rotate_lanes(x1, x2, c, s, o1, o2, direction)
 
-    monkeypatch.setattr(pt, "_rotate_block", recorded)
+    monkeypatch.setattr(torch_rotation, "_rotate_lanes", recorded)
     rng = np.random.default_rng(13)
     x = normal(rng, layout((23,), length, 2, 32, seq_axis), dtype)  # one row of L: 23 * 2 * 32 lanes
     positions = integer_positions(rng, (23, length) if positions_batched else (length,))
@@ -314,7 +317,7 @@ def test_small_inputs_with_tables_of_every_rank(
 def test_chunked_cpu_tables_agree(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """The CPU's table build goes in chunks of positions (7 here, the last one short); every chunk,
     batch axes, strided positions and non-finite ones included, matches the reference."""
-    monkeypatch.setattr(pt, "_TABLE_CHUNK_BYTES", 7 * 16 * 12)  # 7 positions of R = 12 pairs
+    monkeypatch.setattr(torch_tables, "TABLE_CHUNK_BYTES", 7 * 16 * 12)  # 7 positions of R = 12 pairs
     rng = np.random.default_rng(11)
     positions: np.ndarray = {
         "integer": integer_positions(rng, (3, 17)),
@@ -342,7 +345,7 @@ def test_large_outputs_advised_as_huge_pages(monkeypatch: pytest.MonkeyPatch) ->
     before it is written; smaller ones get none; the values are the same either way (the recorder
     answers 0, success, so the first writes that follow the advice run too)."""
     calls: list[tuple[int, int, int]] = []
-    monkeypatch.setattr(pt, "_madvise", lambda: lambda *args: calls.append(args) or 0)
+    monkeypatch.setattr(hugepages, "madvise", lambda: lambda *args: calls.append(args) or 0)
     rng = np.random.default_rng(11)
     x = normal(rng, layout((1,), 600, 4, 512, -3), "float32")  # 4.7 MiB
     positions = integer_positions(rng, (1, 600))
@@ -381,16 +384,16 @@ def test_huge_page_advice_where_available(
     thp_file = tmp_path / "enabled"
     if thp is not None:
         thp_file.write_text(thp + "\n", encoding="ascii")
-    monkeypatch.setattr(pt, "_THP_SETTING", str(thp_file))
+    monkeypatch.setattr(hugepages, "THP_SETTING", str(thp_file))
     if setting is None:
         monkeypatch.delenv("P_ROPE_MADVISE_HUGEPAGE", raising=False)
     else:
         monkeypatch.setenv("P_ROPE_MADVISE_HUGEPAGE", setting)
-    pt._madvise.cache_clear()
+    hugepages.madvise.cache_clear()
     try:
-        found = pt._madvise() is not None
+        found = hugepages.madvise() is not None
     finally:
-        pt._madvise.cache_clear()
+        hugepages.madvise.cache_clear()
     assert found is expected
 
 
@@ -435,13 +438,13 @@ def test_qk_dtypes_and_float64_inputs(device: torch.device) -> None:
 
 def test_qk_one_table_build(monkeypatch: pytest.MonkeyPatch) -> None:
     builds = []
-    build = pt._tables
+    build = pt.torch_tables
 
     def counted(*args: Any) -> Any:
         builds.append(args)
         return build(*args)
 
-    monkeypatch.setattr(pt, "_tables", counted)
+    monkeypatch.setattr(pt, "torch_tables", counted)
     rng = np.random.default_rng(1)
     q, k = normal(rng, (1, 4, 8, 10, 512), "float32"), normal(rng, (1, 4, 2, 10, 512), "float32")
     positions = integer_positions(rng, (4, 10))
@@ -877,9 +880,9 @@ def test_errors_raised_before_any_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_work(*args: object) -> None:
         raise AssertionError("work started before the checks finished")
 
-    monkeypatch.setattr(pt, "_tables", no_work)
-    monkeypatch.setattr(pt, "_apply_rotation", no_work)
-    monkeypatch.setattr(pt, "_apply_rotation_in_place", no_work)
+    monkeypatch.setattr(pt, "torch_tables", no_work)
+    monkeypatch.setattr(pt, "rotation", no_work)
+    monkeypatch.setattr(pt, "rotation_in_place", no_work)
     for name in ("apply_p_rope", "apply_p_rope_", "apply_p_rope_qk"):
         for _, case in ERROR_CASES:
             _call(pt, name, _torch_convert, case)
