@@ -34,6 +34,8 @@ from p_rope.backends._torch_chunks import CHUNK_BYTES, IN_PLACE_CHUNK_BYTES, chu
 
 def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Views of the first and second elements of the R rotated pairs."""
+    if pairing == "split_half":
+        return x.narrow(-1, 0, pairs), x.narrow(-1, x.shape[-1] // 2, pairs)
     first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
     return x[..., first], x[..., second]
 

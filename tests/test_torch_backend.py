@@ -297,9 +297,8 @@ def test_short_sequences_in_a_large_batch_go_in_bounded_chunks(
 def test_small_inputs_with_tables_of_every_rank(
     positions_shape: tuple[int, ...], pairing: str, seq_axis: int, dtype: str
 ) -> None:
-    """Small inputs are rotated on heads-first lane views, against which tables of any rank (shared
-    across batch axes or not) broadcast as they are; inputs with two batch axes and a strided
-    (non-contiguous) input too."""
+    """Small inputs (one chunk) with tables of any rank (shared across batch axes or not); inputs
+    with two batch axes and a strided (non-contiguous) input too."""
     rng = np.random.default_rng(len(positions_shape) * 4 - seq_axis)
     x = normal(rng, layout((2, 3), 4, 5, 24, seq_axis), dtype)
     positions = integer_positions(rng, positions_shape) if positions_shape else np.array(77_777)

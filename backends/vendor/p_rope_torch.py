@@ -928,6 +928,8 @@ import array_api_compat.torch as xp
 
 def _lanes(x: torch.Tensor, pairs: int, pairing: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Views of the first and second elements of the R rotated pairs."""
+    if pairing == "split_half":
+        return x.narrow(-1, 0, pairs), x.narrow(-1, x.shape[-1] // 2, pairs)
     first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
     return x[..., first], x[..., second]
 
