@@ -721,8 +721,9 @@ def exact_turn_tables(xp: Any, positions: Any, constants: tuple[Any, Any]) -> Ro
     shifted = (units + xp.astype(carried, xp.int32) + (1 << (_GRID - 3))) & ((1 << _GRID) - 1)
     quarter = shifted >> (_GRID - 2)  # the nearest quarter turn, 0..3
     eighths = (shifted & ((1 << (_GRID - 2)) - 1)) - (1 << (_GRID - 3))  # |.| <= 2**21 units
-    big = xp.astype(eighths, xp.float32) * _STEP_HI  # exact
-    small = xp.astype(eighths, xp.float32) * _STEP_LO + rest * _TWO_PI
+    units_f = xp.astype(eighths, xp.float32)  # exact: 22 bits
+    big = units_f * _STEP_HI  # exact
+    small = units_f * _STEP_LO + rest * _TWO_PI
     angle = big + small
     error = small - (angle - big)  # angle + error = big + small (Fast2Sum: |big| >= |small| or big = 0)
     head = xp.astype(eighths >> _HALF, xp.float32) * (_STEP_HI * 2.0**_HALF)  # 12 bits: its square is exact
