@@ -192,6 +192,38 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int, as_
     return out.view(dtype) if out.dtype != dtype else out
 
 
+def rotate_immutable(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int) -> Any:
+    """rotate as one expression for an immutable array library (JAX, the only one array-api-compat
+    knows): 16-bit NoPE lanes copied as bits (XLA:CPU copies bfloat16 through float32, quieting NaN
+    payloads), with the derivative of the same rotation done in floats, as a bit copy has none in
+    autodiff (its tangent is zero). Values and derivatives both follow SPEC.md; no extra work unless
+    differentiated."""
+    if dtype_name(x.dtype) not in ("float16", "bfloat16") or tables.cos.shape[-1] == 0:
+        return rotate(xp, x, tables, pairing, seq_axis)
+    return _bit_rotation(pairing, seq_axis)(x, tables.cos, tables.sin)
+
+
+@functools.lru_cache(maxsize=8)
+def _bit_rotation(pairing: str, seq_axis: int) -> Callable[[Any, Any, Any], Any]:
+    """The JAX function (x, cos, sin) -> rotate(..., as_bits=True), its JVP that of as_bits=False."""
+    import jax  # only reached with JAX arrays: jax is imported already
+
+    xp = array_api_compat.array_namespace(jax.numpy.zeros(0))
+
+    def plain(x: Any, cos: Any, sin: Any) -> Any:
+        return rotate(xp, x, RopeTables(cos, sin), pairing, seq_axis)
+
+    @jax.custom_jvp
+    def bits(x: Any, cos: Any, sin: Any) -> Any:
+        return rotate(xp, x, RopeTables(cos, sin), pairing, seq_axis, as_bits=True)
+
+    @bits.defjvp
+    def bits_jvp(primals: tuple, tangents: tuple) -> tuple[Any, Any]:
+        return bits(*primals), jax.jvp(plain, primals, tangents)[1]
+
+    return bits
+
+
 # ---------------------------------------------------------------------------------------------
 # rotation in blocks (mutable arrays): temporaries bounded by the block, whatever the input size
 

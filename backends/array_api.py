@@ -33,7 +33,7 @@ from p_rope.backends._core import (  # vendor: inline
     position_blocks,
     positions_meta,
     quietly,
-    rotate,
+    rotate_immutable,
     rotate_into,
     table_blocks,
     table_dtype_name,
@@ -96,7 +96,7 @@ def apply_p_rope_tables(inputs: Any, tables: RopeTables, *, pairing: str = "spli
     layout = check_apply_tables(array_meta(inputs), array_meta(cos), array_meta(sin), pairing, seq_axis)
     xp = array_api_compat.array_namespace(inputs)
     if not array_api_compat.is_writeable_array(inputs):  # JAX: the rotation as one expression
-        return quietly(xp, rotate, xp, inputs, RopeTables(cos, sin), layout.pairing, layout.seq_axis, True)
+        return rotate_immutable(xp, inputs, RopeTables(cos, sin), layout.pairing, layout.seq_axis)
     out = xp.asarray(inputs, copy=True)
     blocks = table_blocks(xp, RopeTables(cos, sin), inputs.ndim, layout.seq_axis)
     quietly(xp, rotate_into, xp, out, inputs, layout.pairs, layout.pairing, getattr(xp, layout.dtype), blocks)
@@ -109,7 +109,7 @@ def _rotate_at(xp: Any, out: Any, x: Any, positions: Any, params: CallParams) ->
     spec = params.spec
     if out is None and not array_api_compat.is_writeable_array(x):
         tables = build_tables(xp, positions, spec)
-        return quietly(xp, rotate, xp, x, tables, params.pairing, params.seq_axis, True)
+        return rotate_immutable(xp, x, tables, params.pairing, params.seq_axis)
     out = xp.asarray(x, copy=True) if out is None else out
     blocks = position_blocks(xp, positions, spec, x.ndim, params.seq_axis)
     quietly(xp, rotate_into, xp, out, x, spec.pairs, params.pairing, getattr(xp, spec.dtype), blocks)

@@ -319,6 +319,27 @@ def test_nan_payloads_in_nope_lanes_kept_bit_for_bit(impl: Impl, dtype: str) -> 
     assert np.array_equal(got[..., nope], bits[..., nope])
 
 
+@pytest.mark.parametrize("impl_name", ["jax", "array_api:jax"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_bit_copies_keep_the_derivative(impl_name: str, dtype: str) -> None:
+    """The bit copies that keep NaN payloads have no derivative in autodiff: the gradient must
+    still be the rotation by -theta of the cotangent (NoPE lanes: the cotangent, bit for bit)."""
+    impl = _make(impl_name)
+    jax = importlib.import_module("jax")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 5, 3, 32)).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float16)
+    cotangent = rng.standard_normal(x.shape).astype(x.dtype)
+    positions = np.arange(5) * 37
+
+    def call(v: Any) -> Any:
+        return impl.module.apply_p_rope(v, positions, 32, 10_000.0, 0.25)
+
+    for function in (call, jax.jit(call)):
+        _, pullback = jax.vjp(function, impl.native(x))
+        (grad,) = pullback(impl.native(cotangent))
+        assert_conforms(grad, cotangent, -positions, 32, 10_000.0, 0.25, level="strict")
+
+
 # ---------------------------------------------------------------------------------------------
 # devices
 
