@@ -28,3 +28,26 @@ def test_readme_example_runs(number: int) -> None:
         if re.search(rf"^import {framework}|^from p_rope.backends import {framework}", code, flags=re.M):
             pytest.importorskip(framework)
     exec(compile(code, f"README.md example {number}", "exec"), {})
+
+
+ROOT = README.parent
+ARCHITECTURE = ROOT / "ARCHITECTURE.md"
+
+
+def test_architecture_names_files_and_functions_that_exist() -> None:
+    """ARCHITECTURE.md's map stays true: every path it names exists, every `file.py::name` (and every
+    name it attributes to a file as `name` in `(...)` after it) is defined there."""
+    text = ARCHITECTURE.read_text()
+    paths = set(re.findall(r"`((?:spec|backends|conformance|bench|tools)/[\w/.]*)`", text))
+    assert len(paths) >= 15
+    assert [p for p in sorted(paths) if not (ROOT / p.rstrip("/")).exists()] == []
+    named = re.findall(r"`((?:spec|backends)/\w+\.py)::(\w+)`", text)
+    named += [(path, name) for path, names in re.findall(r"`((?:spec|backends)/\w+\.py)` \(([^)]*)\)", text)
+              for name in re.findall(r"`(\w+)`", names)]  # fmt: skip
+    assert len(named) >= 8
+    missing = [
+        f"{p}::{n}" for p, n in named if not re.search(rf"^(def|class) {n}\b|^{n} = ", (ROOT / p).read_text(), re.M)
+    ]
+    assert missing == []
+    for mapping in ('"p_rope" = "spec"', '"p_rope.backends" = "backends"', '"p_rope.conformance" = "conformance"'):
+        assert mapping in (ROOT / "pyproject.toml").read_text()

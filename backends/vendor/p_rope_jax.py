@@ -51,8 +51,8 @@ SEQ_AXES = (-3, -2)
 INPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 POSITION_FLOAT_DTYPES = ("float32", "float64")
 
-# Positions are split into 12-bit chunks and the revolutions per position into 12-bit
-# fixed-point chunks, so that every chunk product is exact in float32 (SPEC.md, "Accuracy").
+# The revolutions per position r_i, truncated to 60 fractional bits, in five 12-bit fixed-point
+# chunks: the source of the per-pair constants of SPEC.md §8's table algorithms.
 CHUNK_BITS = 12
 REVOLUTION_CHUNKS = 5
 _PI_50 = Decimal("3.14159265358979323846264338327950288419716939937510")
