@@ -306,7 +306,7 @@ IMPLEMENTATIONS = {
     "reference": (lambda: reference, ("_cos_sin", "_rotate_into"), ()),
     "array_api:numpy": (
         lambda: pytest.importorskip("p_rope.backends.array_api"),
-        ("build_tables", "rotate", "rotate_into"),
+        ("build_tables", "rotate_immutable", "rotate_into"),
         (),
     ),
     "torch": (
