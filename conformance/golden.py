@@ -8,13 +8,18 @@ implementation can check itself against without any of this project's Python.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import io
 import json
 import math
 import re
+import struct
+import sys
+import warnings
 import zipfile
+import zlib
 from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
@@ -280,6 +285,275 @@ def write_vectors(directory: Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading the files back, verified (FORMAT.md, "Verifying the files"): the manifest against its
+# schema, every NPY entry of the archive against the manifest's storage, shape and sha256.
+
+
+class GoldenVectorError(ValueError):
+    """A golden file that cannot be used: unreadable, not valid JSON or ZIP/NPY, a manifest field
+    missing or of the wrong type, an NPY entry missing, unlisted, of another dtype or shape than the
+    manifest says, an object (pickle) array, or data whose sha256 is not the manifest's. The message
+    names the file, what is wrong and what was expected, on one line."""
+
+
+_REMEDY = (
+    "the file is corrupt or was edited: restore it from the repository or regenerate the golden vectors "
+    "with `python -m p_rope.conformance golden --write`"
+)
+ROLES = ("inputs", "positions", "exact", "expected", "frequencies")
+STORAGE = ("float16", "float32", "float64", "int32", "int64", "uint16")  # FORMAT.md; all little-endian
+
+
+def _corrupt(path: Path, what: str) -> GoldenVectorError:
+    """The error for `path`, on one line (characters that do not print, escaped as Python does)."""
+    message = f"{path}: {what}; {_REMEDY}"
+    return GoldenVectorError("".join(c if c.isprintable() else ascii(c)[1:-1] for c in message))
+
+
+def _shown(value: Any) -> str:
+    """A manifest value as JSON with its Python type, at most 60 characters."""
+    text = json.dumps(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _one_of(*values: Any) -> tuple[str, Any]:
+    """A schema rule: one of the given values (JSON spelling in the message; bool never equals 0/1)."""
+    return " or ".join(json.dumps(v) for v in values), lambda v: any(type(v) is type(w) and v == w for w in values)
+
+
+_STRING = ("a string", lambda v: isinstance(v, str))
+_NUMBER = ("a number", _is_number)
+_OBJECT = ("an object", lambda v: isinstance(v, dict))
+_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {  # the fields FORMAT.md documents; others are ignored
+    "manifest": {
+        "format": _one_of(FORMAT),
+        "spec_version": _STRING,
+        "strict_max_position": ("an integer", _is_int),
+        "cases": ("a non-empty list", lambda v: isinstance(v, list) and len(v) > 0),
+    },
+    "case": {
+        "id": _STRING,
+        "kind": _one_of("apply", "special-values"),
+        "special": _one_of(None, "finite", "nonfinite"),
+        "dtype": _one_of(*DTYPES),
+        "parameters": _OBJECT,
+        "arrays": _OBJECT,
+        "levels": (
+            'a non-empty list of "conformant" and "strict"',
+            lambda v: isinstance(v, list) and len(v) > 0 and all(level in ("conformant", "strict") for level in v),
+        ),
+        "bound": _OBJECT,
+        "description": _STRING,
+    },
+    "parameters": {
+        "head_dim": ("a positive even integer", lambda v: _is_int(v) and v > 0 and v % 2 == 0),
+        "max_wavelength": _NUMBER,
+        "rope_percentage": _NUMBER,
+        "rotated_pairs_argument": ("null or an integer", lambda v: v is None or _is_int(v)),
+        "rotated_pairs": ("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+        "scale_factor": _NUMBER,
+        "pairing": _one_of("split_half", "interleaved"),
+        "seq_axis": _one_of(-3, -2),
+    },
+    "bound": {
+        "u_out": _NUMBER,
+        "u_c": _NUMBER,
+        "s_out": _NUMBER,
+        "abs_log_w": _NUMBER,
+        "strict_eps": ("null or a number", lambda v: v is None or _is_number(v)),
+    },
+    "arrays": {role: _OBJECT for role in ROLES},
+    "array": {
+        "name": ("a non-empty string without '/'", lambda v: isinstance(v, str) and v != "" and "/" not in v),
+        "dtype": _one_of(*sorted(set(DTYPES) | set(STORAGE))),
+        "storage": _one_of(*STORAGE),
+        "shape": (
+            "a list of non-negative integers",
+            lambda v: isinstance(v, list) and all(_is_int(n) and n >= 0 for n in v),
+        ),
+        "sha256": (
+            "64 lowercase hexadecimal digits",
+            lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None,
+        ),
+    },
+}
+
+
+def _check_fields(path: Path, value: Any, schema: str, where: str) -> None:
+    """Every field of `schema` present in `value` (an object) and of its type."""
+    for field, (expected, valid) in _SCHEMA[schema].items():
+        name = f"{where}{field}"
+        if field not in value:
+            raise _corrupt(path, f"{name} is missing; expected {expected}")
+        if not valid(value[field]):
+            raise _corrupt(path, f"{name} is {_shown(value[field])}; expected {expected}")
+
+
+def check_manifest(manifest: Any, path: Path) -> None:
+    """Raises GoldenVectorError unless `manifest` (parsed JSON) has every field FORMAT.md documents, of
+    its type, and each array entry's dtype matches its storage (bfloat16 stored as uint16)."""
+    if not isinstance(manifest, dict):
+        raise _corrupt(path, f"the top level is {_shown(manifest)}; expected an object")
+    _check_fields(path, manifest, "manifest", "")
+    for number, case in enumerate(manifest["cases"]):
+        if not isinstance(case, dict):
+            raise _corrupt(path, f"cases[{number}] is {_shown(case)}; expected an object")
+        where = f"cases[{number}]" + (f" ({case['id']})" if isinstance(case.get("id"), str) else "")
+        _check_fields(path, case, "case", f"{where}: ")
+        for part in ("parameters", "bound", "arrays"):
+            _check_fields(path, case[part], part, f"{where}: {part}.")
+        for role in ROLES:
+            entry = case["arrays"][role]
+            _check_fields(path, entry, "array", f"{where}: arrays.{role}.")
+            storage = "uint16" if entry["dtype"] == "bfloat16" else entry["dtype"]
+            if entry["storage"] != storage:
+                raise _corrupt(
+                    path,
+                    f"{where}: arrays.{role} has dtype {entry['dtype']} and storage {entry['storage']}; "
+                    f"expected storage {storage}",
+                )
+
+
+def read_manifest(directory: Path | None = None) -> dict[str, Any]:
+    """manifest.json, parsed and checked against FORMAT.md (check_manifest); raises GoldenVectorError."""
+    path = (directory or golden_dir()) / MANIFEST
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise _corrupt(path, f"cannot be read ({error.strerror or error}); expected the golden manifest") from None
+    except UnicodeDecodeError as error:
+        raise _corrupt(path, f"is not UTF-8 ({error}); expected JSON") from None
+    try:
+        manifest = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise _corrupt(path, f"is not valid JSON ({error}); expected the golden manifest") from None
+    check_manifest(manifest, path)
+    return manifest
+
+
+def _listed(manifest: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Each NPY name the manifest lists -> (where, array entry) for every role that names it."""
+    listed: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for number, case in enumerate(manifest["cases"]):
+        for role in ROLES:
+            entry = case["arrays"][role]
+            listed.setdefault(entry["name"], []).append((f"cases[{number}] ({case['id']}) arrays.{role}", entry))
+    return listed
+
+
+def _npy_array(path: Path, member: str, data: bytes, entries: list[tuple[str, dict[str, Any]]]) -> np.ndarray:
+    """The array of one NPY entry, after checking its header against the manifest and its data against
+    each entry's sha256 (never unpickling anything)."""
+    where, entry = entries[0]
+    storage = np.dtype(entry["storage"]).newbyteorder("<")
+    wanted = f"{entry['storage']} ({storage.str}) data of shape {entry['shape']} for {where}"
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"NPY version {version[0]}.{version[1]}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # NumPy reads a Python 2 header with a warning
+            shape, fortran_order, dtype = read_header(stream)
+    except (ValueError, TypeError, SyntaxError, RecursionError, UserWarning) as error:
+        raise _corrupt(
+            path, f"{member} is not an NPY file of version 1.0 or 2.0 ({error}); expected {wanted}"
+        ) from None
+    if dtype.hasobject:
+        raise _corrupt(path, f"{member} holds an object array (pickled Python objects, refused); expected {wanted}")
+    if dtype.str != storage.str or tuple(shape) != tuple(entry["shape"]) or fortran_order:
+        order = "Fortran" if fortran_order else "C"
+        raise _corrupt(
+            path, f"{member} holds {dtype.str} data of shape {list(shape)} in {order} order; expected {wanted}"
+        )
+    payload = data[stream.tell() :]
+    size = math.prod(entry["shape"]) * storage.itemsize
+    if len(payload) != size:
+        raise _corrupt(path, f"{member} holds {len(payload)} bytes of data after its header; expected {size}")
+    digest = hashlib.sha256(payload).hexdigest()
+    for where, other in entries:
+        if (other["storage"], other["shape"]) != (entry["storage"], entry["shape"]):
+            raise _corrupt(
+                path.with_name(MANIFEST),
+                f"{where} names {member} with storage {other['storage']} and shape {other['shape']}; expected "
+                f"{entry['storage']} and {entry['shape']}, as {entries[0][0]} says",
+            )
+        if digest != other["sha256"]:
+            raise _corrupt(path, f"{member} has sha256 {digest}, the manifest says {other['sha256']} for {where}")
+    return np.frombuffer(payload, dtype=storage).reshape(entry["shape"])
+
+
+def read_vectors(directory: Path | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The manifest and the arrays as stored (bfloat16 as uint16 bits; read-only, keyed by name), every
+    one verified against the manifest (FORMAT.md, "Verifying the files"). Raises GoldenVectorError."""
+    directory = directory or golden_dir()
+    manifest = read_manifest(directory)
+    listed = _listed(manifest)
+    path = directory / VECTORS
+    arrays = {}
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise _corrupt(path, f"cannot be read ({error.strerror or error}); expected the golden vectors") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.namelist()
+            for member, count in collections.Counter(members).items():
+                name = member.removesuffix(".npy")
+                if count > 1:
+                    raise _corrupt(path, f"holds {member} {count} times; expected each array once")
+                if name not in listed or member == name:
+                    raise _corrupt(path, f"holds {member}, which the manifest does not list; expected only "
+                                         "<name>.npy for the manifest's array names")  # fmt: skip
+            for name, entries in listed.items():
+                if name + ".npy" not in members:
+                    raise _corrupt(path, f"{name}.npy is missing; expected it for {entries[0][0]}")
+                arrays[name] = _npy_array(path, name + ".npy", archive.read(name + ".npy"), entries)
+    except GoldenVectorError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, ValueError, struct.error) as error:
+        raise _corrupt(path, f"is not a readable ZIP archive ({error}); expected a ZIP archive of NPY files") from None
+    return manifest, arrays
+
+
+@dataclasses.dataclass
+class GoldenCase:
+    """One golden case loaded back (for tests and for implementations in Python)."""
+
+    id: str
+    entry: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
+def load(directory: Path | None = None) -> list[GoldenCase]:
+    """The golden cases with their arrays decoded (bfloat16 from its uint16 bits; each array a writable
+    copy), after read_vectors has verified both files. Raises GoldenVectorError."""
+    manifest, stored = read_vectors(directory)
+    cases = []
+    for entry in manifest["cases"]:
+        decoded = {}
+        for role in ROLES:
+            info = entry["arrays"][role]
+            array = stored[info["name"]].copy()
+            if info["dtype"] == "bfloat16":
+                import ml_dtypes
+
+                array = array.view(ml_dtypes.bfloat16)
+            decoded[role] = array
+        cases.append(GoldenCase(entry["id"], entry, decoded))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
 # Drift: inputs, positions, frequencies and the manifest bit for bit; outputs within what two
 # correct evaluations of the reference on different C libraries can differ by (FORMAT.md, SPEC.md §10).
 
@@ -411,18 +685,18 @@ def _case_problems(entry: dict[str, Any], stored: dict[str, np.ndarray], fresh: 
 
 
 def drift(directory: Path | None = None) -> list[str]:
-    """Differences between the stored golden vectors and a fresh generation (empty: none)."""
-    directory = directory or golden_dir()
-    try:
-        stored_manifest = json.loads((directory / MANIFEST).read_text())
-        stored = dict(np.load(directory / VECTORS, allow_pickle=False))
-    except (OSError, ValueError) as error:
-        return [f"cannot read the golden vectors in {directory}: {error}"]
+    """Differences between the stored golden vectors and a fresh generation (empty: none).
+
+    Raises GoldenVectorError when the stored files cannot be used (see read_vectors)."""
+    return _drift(*read_vectors(directory))
+
+
+def _drift(stored_manifest: dict[str, Any], stored: dict[str, np.ndarray]) -> list[str]:
     manifest, arrays = generate()
     problems: list[str] = []
-    if stored_manifest.get("spec_version") != SPEC_VERSION:
+    if stored_manifest["spec_version"] != SPEC_VERSION:
         problems.append(
-            f"made under SPEC_VERSION {stored_manifest.get('spec_version')}, the spec is {SPEC_VERSION}: "
+            f"made under SPEC_VERSION {stored_manifest['spec_version']}, the spec is {SPEC_VERSION}: "
             "regenerate (golden --write) if the major version changed, else this is drift"
         )
     problems += _manifest_problems(stored_manifest, manifest)
@@ -432,50 +706,28 @@ def drift(directory: Path | None = None) -> list[str]:
 
 
 def golden_command(write: bool = False, directory: Path | None = None) -> int:
+    """The ``golden`` command: 0 without drift, 1 on drift, 2 when the stored files cannot be used
+    (one line on stderr, the GoldenVectorError's message)."""
     if write:
         where = write_vectors(directory)
         print(f"wrote {where / MANIFEST} and {where / VECTORS}")
         return 0
-    problems = drift(directory)
     where = directory or golden_dir()
+    try:
+        manifest, stored = read_vectors(where)
+    except GoldenVectorError as error:
+        print(f"p-rope-conformance golden: {error}", file=sys.stderr)
+        return 2
+    problems = _drift(manifest, stored)
     if problems:
         print(f"golden vectors in {where} DRIFTED ({len(problems)} problems):")
         for problem in problems[:30]:
             print("  " + problem)
         print("if the change is intended (SPEC.md section 10), regenerate: nox -s golden -- --write")
         return 1
-    manifest = json.loads((where / MANIFEST).read_text())
     size = (where / VECTORS).stat().st_size + (where / MANIFEST).stat().st_size
     print(
         f"golden vectors in {where}: {len(manifest['cases'])} cases, SPEC {manifest['spec_version']}, "
-        f"{size / 1e6:.2f} MB: no drift"
+        f"{size / 1e6:.2f} MB, checksums verified: no drift"
     )
     return 0
-
-
-@dataclasses.dataclass
-class GoldenCase:
-    """One golden case loaded back (for tests and for implementations in Python)."""
-
-    id: str
-    entry: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-
-
-def load(directory: Path | None = None) -> list[GoldenCase]:
-    """The golden cases with their arrays decoded (bfloat16 from its uint16 bits)."""
-    directory = directory or golden_dir()
-    manifest = json.loads((directory / MANIFEST).read_text())
-    stored = np.load(directory / VECTORS, allow_pickle=False)
-    cases = []
-    for entry in manifest["cases"]:
-        decoded = {}
-        for role, info in entry["arrays"].items():
-            array = stored[info["name"]]
-            if info["dtype"] == "bfloat16":
-                import ml_dtypes
-
-                array = array.view(ml_dtypes.bfloat16)
-            decoded[role] = array.reshape(info["shape"])
-        cases.append(GoldenCase(entry["id"], entry, decoded))
-    return cases

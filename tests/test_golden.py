@@ -25,6 +25,8 @@ import ml_dtypes
 import numpy as np
 import p_rope
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from p_rope.conformance import golden
 from p_rope.conformance.__main__ import main
 from p_rope.conformance.cases import DTYPES
@@ -166,12 +168,28 @@ def test_our_backend_passes_the_golden_vectors(backend: str):
         assert all(grade.values()), (case["id"], grade)
 
 
+def _golden_copy(directory: Path) -> Path:
+    shutil.copytree(golden.golden_dir(), directory)
+    return directory
+
+
+def _edit_consistently(directory: Path, changed: dict[str, np.ndarray]) -> None:
+    """Rewrite the copy's vectors.npz with `changed` arrays and their sha256 in the manifest: an edit
+    the checksums let through, for the drift check to catch."""
+    arrays = dict(np.load(directory / "vectors.npz")) | changed
+    (directory / "vectors.npz").write_bytes(golden._npz_bytes(arrays))
+    manifest = json.loads((directory / "manifest.json").read_text())
+    for case in manifest["cases"]:
+        for entry in case["arrays"].values():
+            if entry["name"] in changed:
+                entry["sha256"] = hashlib.sha256(changed[entry["name"]].tobytes()).hexdigest()
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_golden_drift_is_detected(tmp_path: Path):
-    copy = tmp_path / "golden"
-    shutil.copytree(golden.golden_dir(), copy)
-    arrays = dict(np.load(copy / "vectors.npz"))
-    arrays["c005.exact"] = arrays["c005.exact"] * (1 + 1e-9)
-    (copy / "vectors.npz").write_bytes(golden._npz_bytes(arrays))
+    copy = _golden_copy(tmp_path / "golden")
+    exact = dict(np.load(copy / "vectors.npz"))["c005.exact"]
+    _edit_consistently(copy, {"c005.exact": exact * (1 + 1e-9)})
     problems = golden.drift(copy)
     assert any("c005.exact" in p for p in problems)
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -183,15 +201,300 @@ def test_golden_drift_is_detected(tmp_path: Path):
 
 def test_golden_drift_ignores_no_input_bit(tmp_path: Path):
     """Inputs, positions and frequencies are compared bit for bit: one unit in the last place is drift."""
-    copy = tmp_path / "golden"
-    shutil.copytree(golden.golden_dir(), copy)
-    arrays = dict(np.load(copy / "vectors.npz"))
     for name in ("c040.inputs", "c041.positions", "c042.frequencies"):
-        changed = arrays[name].copy()
+        copy = _golden_copy(tmp_path / name)
+        changed = dict(np.load(copy / "vectors.npz"))[name].copy()
         flat = changed.reshape(-1)
         flat[-1] = np.nextafter(flat[-1], np.inf) if flat.dtype.kind == "f" else flat[-1] + 1
-        (copy / "vectors.npz").write_bytes(golden._npz_bytes(arrays | {name: changed}))
+        _edit_consistently(copy, {name: changed})
         assert any(f"({name}) is not bit-identical" in p for p in golden.drift(copy)), name
+
+
+# ---------------------------------------------------------------------------------------------
+# Verified on load: each NPY entry against the manifest's storage, shape and sha256; a corrupt file
+# is one GoldenVectorError naming the file, what is wrong and what was expected.
+
+REMEDY = (
+    "the file is corrupt or was edited: restore it from the repository or regenerate the golden vectors "
+    "with `python -m p_rope.conformance golden --write`"
+)
+SPRUNG: list[str] = []
+
+
+def _spring() -> None:
+    SPRUNG.append("unpickled")
+
+
+class _Trap:
+    """An object whose unpickling is recorded in SPRUNG."""
+
+    def __reduce__(self):
+        return _spring, ()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    member = io.BytesIO()
+    np.lib.format.write_array(member, array, allow_pickle=array.dtype.hasobject)
+    return member.getvalue()
+
+
+def _write_npz(path: Path, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def _edit_manifest(directory: Path, edit) -> str:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = edit(manifest) or manifest
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return str(directory / "manifest.json")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _truncated_npz(d: Path) -> str:
+    data = (d / "vectors.npz").read_bytes()
+    (d / "vectors.npz").write_bytes(data[: len(data) // 2])
+    return (
+        f"{d / 'vectors.npz'}: is not a readable ZIP archive (File is not a zip file); "
+        "expected a ZIP archive of NPY files"
+    )
+
+
+def _flipped_byte(d: Path) -> str:
+    data = bytearray((d / "vectors.npz").read_bytes())
+    at = data.find(dict(np.load(d / "vectors.npz"))["c005.exact"].tobytes())  # entries are stored, not compressed
+    data[at + 3] ^= 0x10
+    (d / "vectors.npz").write_bytes(bytes(data))
+    return (
+        f"{d / 'vectors.npz'}: is not a readable ZIP archive (Bad CRC-32 for file "
+        "'c005.exact.npy'); expected a ZIP archive of NPY files"
+    )
+
+
+def _edited_array(d: Path) -> str:
+    """A valid archive whose c005.inputs differs by one unit in the last place: only the sha256 tells."""
+    members = _members(d / "vectors.npz")
+    inputs = np.lib.format.read_array(io.BytesIO(members["c005.inputs.npy"]))
+    before = _sha(inputs.tobytes())
+    inputs.reshape(-1)[7] = np.nextafter(inputs.reshape(-1)[7], np.float16(np.inf))
+    _write_npz(d / "vectors.npz", members | {"c005.inputs.npy": _npy(inputs)})
+    return (f"{d / 'vectors.npz'}: c005.inputs.npy has sha256 {_sha(inputs.tobytes())}, the manifest says {before} "
+            "for cases[5] (float16/apply/p-tiny-H64-R0) arrays.inputs")  # fmt: skip
+
+
+def _edited_checksum(d: Path) -> str:
+    """The manifest's sha256 of a float64 case's exact (also its expected) edited."""
+    manifest = json.loads((d / "manifest.json").read_text())
+    number = next(i for i, c in enumerate(manifest["cases"]) if c["id"] == "float64/apply/gemma4-global-kv")
+    entry = manifest["cases"][number]["arrays"]["exact"]
+    true = entry["sha256"]
+
+    def edit(m):
+        m["cases"][number]["arrays"]["exact"]["sha256"] = "0" * 64
+
+    _edit_manifest(d, edit)
+    return (f"{d / 'vectors.npz'}: {entry['name']}.npy has sha256 {true}, the manifest says {'0' * 64} "
+            f"for cases[{number}] (float64/apply/gemma4-global-kv) arrays.exact")  # fmt: skip
+
+
+def _not_json(d: Path) -> str:
+    text = (d / "manifest.json").read_text()[:1000]
+    (d / "manifest.json").write_text(text)
+    try:
+        json.loads(text)
+    except ValueError as error:
+        return f"{d / 'manifest.json'}: is not valid JSON ({error}); expected the golden manifest"
+    raise AssertionError("a truncated manifest parsed")
+
+
+def _top_level_list(d: Path) -> str:
+    path = _edit_manifest(d, lambda m: [m])
+    return (
+        f'{path}: the top level is [{{"format": "p-rope-golden/1", "spec_version": "1.0", '
+        '"ge... (list); expected an object'
+    )
+
+
+def _without_cases(d: Path) -> str:
+    path = _edit_manifest(d, lambda m: m.pop("cases") and None)
+    return f"{path}: cases is missing; expected a non-empty list"
+
+
+def _other_format(d: Path) -> str:
+    path = _edit_manifest(d, lambda m: m.update(format="p-rope-golden/2"))
+    return f'{path}: format is "p-rope-golden/2" (str); expected "p-rope-golden/1"'
+
+
+def _without_head_dim(d: Path) -> str:
+    path = _edit_manifest(d, lambda m: m["cases"][2]["parameters"].pop("head_dim") and None)
+    return (
+        f"{path}: cases[2] (float16/apply/llama-hf-layout-packed): parameters.head_dim is "
+        "missing; expected a positive even integer"
+    )
+
+
+def _head_dim_true(d: Path) -> str:
+    path = _edit_manifest(d, lambda m: m["cases"][2]["parameters"].update(head_dim=True))
+    return (
+        f"{path}: cases[2] (float16/apply/llama-hf-layout-packed): parameters.head_dim is "
+        "true (bool); expected a positive even integer"
+    )
+
+
+def _shape_string(d: Path) -> str:
+    path = _edit_manifest(d, lambda m: m["cases"][3]["arrays"]["inputs"].update(shape="1,4,1,64"))
+    return (
+        f'{path}: cases[3] (float16/apply/p0-identity): arrays.inputs.shape is "1,4,1,64" '
+        "(str); expected a list of non-negative integers"
+    )
+
+
+def _without_expected(d: Path) -> str:
+    path = _edit_manifest(d, lambda m: m["cases"][3]["arrays"].pop("expected") and None)
+    return f"{path}: cases[3] (float16/apply/p0-identity): arrays.expected is missing; expected an object"
+
+
+def _checksum_number(d: Path) -> str:
+    path = _edit_manifest(d, lambda m: m["cases"][3]["arrays"]["positions"].update(sha256=12))
+    return (
+        f"{path}: cases[3] (float16/apply/p0-identity): arrays.positions.sha256 is 12 "
+        "(int); expected 64 lowercase hexadecimal digits"
+    )
+
+
+def _array_missing(d: Path) -> str:
+    members = _members(d / "vectors.npz")
+    del members["c010.positions.npy"]
+    _write_npz(d / "vectors.npz", members)
+    return (
+        f"{d / 'vectors.npz'}: c010.positions.npy is missing; expected it for cases[10] "
+        "(float16/apply/H6-interleaved) arrays.positions"
+    )
+
+
+def _object_array(d: Path) -> str:
+    members = _members(d / "vectors.npz")
+    _write_npz(d / "vectors.npz", members | {"c000.inputs.npy": _npy(np.array([_Trap()], dtype=object))})
+    return (f"{d / 'vectors.npz'}: c000.inputs.npy holds an object array (pickled Python objects, refused); expected "
+            "float16 (<f2) data of shape [1, 2, 1, 512] for cases[0] "
+            "(float16/apply/gemma4-global-kv) arrays.inputs")  # fmt: skip
+
+
+def _extra_object_array(d: Path) -> str:
+    members = _members(d / "vectors.npz")
+    _write_npz(d / "vectors.npz", members | {"payload.npy": _npy(np.array([_Trap()], dtype=object))})
+    return (f"{d / 'vectors.npz'}: holds payload.npy, which the manifest does not list; expected only <name>.npy for "
+            "the manifest's array names")  # fmt: skip
+
+
+def _other_dtype(d: Path) -> str:
+    members = _members(d / "vectors.npz")
+    inputs = np.lib.format.read_array(io.BytesIO(members["c000.inputs.npy"]))
+    _write_npz(d / "vectors.npz", members | {"c000.inputs.npy": _npy(inputs.astype(np.float32))})
+    return (f"{d / 'vectors.npz'}: c000.inputs.npy holds <f4 data of shape [1, 2, 1, 512] in C order; expected "
+            "float16 (<f2) data of shape [1, 2, 1, 512] for cases[0] "
+            "(float16/apply/gemma4-global-kv) arrays.inputs")  # fmt: skip
+
+
+def _npz_absent(d: Path) -> str:
+    (d / "vectors.npz").unlink()
+    return f"{d / 'vectors.npz'}: cannot be read (No such file or directory); expected the golden vectors"
+
+
+CORRUPTIONS = {
+    "truncated-npz": _truncated_npz,
+    "flipped-byte": _flipped_byte,
+    "edited-array": _edited_array,
+    "edited-checksum": _edited_checksum,
+    "manifest-not-json": _not_json,
+    "manifest-top-level-list": _top_level_list,
+    "manifest-without-cases": _without_cases,
+    "manifest-other-format": _other_format,
+    "manifest-without-head-dim": _without_head_dim,
+    "manifest-head-dim-bool": _head_dim_true,
+    "manifest-shape-string": _shape_string,
+    "manifest-without-expected": _without_expected,
+    "manifest-checksum-number": _checksum_number,
+    "array-missing": _array_missing,
+    "object-array": _object_array,
+    "extra-object-array": _extra_object_array,
+    "array-of-another-dtype": _other_dtype,
+    "npz-absent": _npz_absent,
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corrupt_golden_file_is_one_clear_error(tmp_path: Path, corruption: str, capsys: pytest.CaptureFixture):
+    """Loading, the drift check and `golden --check` each refuse a corrupt file with the same
+    GoldenVectorError (a ValueError): the file, what is wrong, what was expected, what to do; the command
+    prints it on one line and exits with status 2. Nothing is unpickled."""
+    copy = _golden_copy(tmp_path / "golden")
+    message = f"{CORRUPTIONS[corruption](copy)}; {REMEDY}"
+    for read in (golden.load, golden.drift, golden.read_vectors):
+        with pytest.raises(golden.GoldenVectorError) as caught:
+            read(copy)
+        assert type(caught.value) is golden.GoldenVectorError and isinstance(caught.value, ValueError)
+        assert str(caught.value) == message
+    capsys.readouterr()
+    assert main(["golden", "--check", "--dir", str(copy)]) == 2
+    assert capsys.readouterr() == ("", f"p-rope-conformance golden: {message}\n")
+    assert SPRUNG == []
+
+
+def test_pristine_golden_files_load_verified(capsys: pytest.CaptureFixture):
+    """The committed files pass every check: load() gives each case's arrays with the manifest's dtype
+    and shape, bit-identical to an independent reading of the archive, each a writable array of its own;
+    `golden --check` passes and says the checksums were verified."""
+    manifest, stored = _golden()
+    cases = golden.load()
+    assert [c.id for c in cases] == [c["id"] for c in manifest["cases"]]
+    for case, entry in zip(cases, manifest["cases"], strict=True):
+        assert case.entry == entry and set(case.arrays) == set(entry["arrays"])
+        for role, info in entry["arrays"].items():
+            array = case.arrays[role]
+            assert array.dtype.name == info["dtype"] and list(array.shape) == info["shape"]
+            assert array.tobytes() == stored[info["name"]].tobytes()
+            assert array.flags.writeable and not any(
+                np.shares_memory(array, a) for r, a in case.arrays.items() if r != role
+            )
+    capsys.readouterr()
+    assert main(["golden", "--check"]) == 0
+    assert capsys.readouterr().out.endswith(", checksums verified: no drift\n")
+
+
+@pytest.fixture(scope="module")
+def fuzzed_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _golden_copy(tmp_path_factory.mktemp("fuzz") / "golden")
+
+
+@given(where=st.one_of(st.integers(0, 399), st.integers(-3000, -1), st.integers(400, 10**6)),
+       bit=st.integers(0, 7), truncate=st.booleans())  # fmt: skip
+def test_any_flipped_bit_or_truncation_is_refused_or_harmless(fuzzed_copy: Path, where: int, bit: int, truncate: bool):
+    """One bit flipped anywhere in vectors.npz (or the file cut there): GoldenVectorError, or (a bit of ZIP
+    metadata: a time stamp) the very arrays of the pristine file; never another exception."""
+    pristine = (golden.golden_dir() / "vectors.npz").read_bytes()
+    at = where % len(pristine)
+    data = bytearray(pristine[:at] if truncate else pristine)
+    if not truncate:
+        data[at] ^= 1 << bit
+    (fuzzed_copy / "vectors.npz").write_bytes(bytes(data))
+    try:
+        _, arrays = golden.read_vectors(fuzzed_copy)
+    except golden.GoldenVectorError as error:
+        assert str(error).startswith(f"{fuzzed_copy / 'vectors.npz'}: ") and "\n" not in str(error)
+        return
+    _, stored = _golden()
+    assert not truncate and arrays.keys() == stored.keys()
+    assert all(arrays[name].tobytes() == stored[name].tobytes() for name in stored)
 
 
 # ---------------------------------------------------------------------------------------------
