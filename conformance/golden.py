@@ -2,8 +2,11 @@
 language-neutral format (conformance/golden/FORMAT.md) that a C++, CUDA, Rust or Triton
 implementation can check itself against without any of this project's Python.
 
-    python -m p_rope.conformance golden --check    regenerate in memory; fail on drift
+    python -m p_rope.conformance golden --check    verify the files, regenerate in memory; fail on drift
     python -m p_rope.conformance golden --write    rewrite conformance/golden/
+
+Reading them back (load, read_vectors, drift) verifies both files first, each NPY entry against the
+manifest's sha256 (FORMAT.md, "Verifying the files"), and raises GoldenVectorError for a corrupt one.
 """
 
 from __future__ import annotations
@@ -403,11 +406,15 @@ def check_manifest(manifest: Any, path: Path) -> None:
     if not isinstance(manifest, dict):
         raise _corrupt(path, f"the top level is {_shown(manifest)}; expected an object")
     _check_fields(path, manifest, "manifest", "")
+    numbers: dict[str, int] = {}
     for number, case in enumerate(manifest["cases"]):
         if not isinstance(case, dict):
             raise _corrupt(path, f"cases[{number}] is {_shown(case)}; expected an object")
         where = f"cases[{number}]" + (f" ({case['id']})" if isinstance(case.get("id"), str) else "")
         _check_fields(path, case, "case", f"{where}: ")
+        first = numbers.setdefault(case["id"], number)
+        if first != number:
+            raise _corrupt(path, f"{where}: id is the id of cases[{first}]; expected each id once")
         for part in ("parameters", "bound", "arrays"):
             _check_fields(path, case[part], part, f"{where}: {part}.")
         for role in ROLES:
@@ -424,7 +431,7 @@ def check_manifest(manifest: Any, path: Path) -> None:
 
 def read_manifest(directory: Path | None = None) -> dict[str, Any]:
     """manifest.json, parsed and checked against FORMAT.md (check_manifest); raises GoldenVectorError."""
-    path = (directory or golden_dir()) / MANIFEST
+    path = Path(directory or golden_dir()) / MANIFEST
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as error:
@@ -495,7 +502,7 @@ def _npy_array(path: Path, member: str, data: bytes, entries: list[tuple[str, di
 def read_vectors(directory: Path | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The manifest and the arrays as stored (bfloat16 as uint16 bits; read-only, keyed by name), every
     one verified against the manifest (FORMAT.md, "Verifying the files"). Raises GoldenVectorError."""
-    directory = directory or golden_dir()
+    directory = Path(directory or golden_dir())
     manifest = read_manifest(directory)
     listed = _listed(manifest)
     path = directory / VECTORS
@@ -712,7 +719,7 @@ def golden_command(write: bool = False, directory: Path | None = None) -> int:
         where = write_vectors(directory)
         print(f"wrote {where / MANIFEST} and {where / VECTORS}")
         return 0
-    where = directory or golden_dir()
+    where = Path(directory or golden_dir())
     try:
         manifest, stored = read_vectors(where)
     except GoldenVectorError as error:

@@ -249,9 +249,19 @@ def _members(path: Path) -> dict[str, bytes]:
         return {name: archive.read(name) for name in archive.namelist()}
 
 
-def _edit_manifest(directory: Path, edit) -> str:
+DELETE = object()
+
+
+def _edit_manifest(directory: Path, keys: tuple, value=DELETE) -> str:
+    """Set manifest[keys[0]][keys[1]]... to `value` in the copy (DELETE: remove it); returns its path."""
     manifest = json.loads((directory / "manifest.json").read_text())
-    manifest = edit(manifest) or manifest
+    holder = manifest
+    for key in keys[:-1]:
+        holder = holder[key]
+    if value is DELETE:
+        del holder[keys[-1]]
+    else:
+        holder[keys[-1]] = value
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return str(directory / "manifest.json")
 
@@ -297,11 +307,7 @@ def _edited_checksum(d: Path) -> str:
     number = next(i for i, c in enumerate(manifest["cases"]) if c["id"] == "float64/apply/gemma4-global-kv")
     entry = manifest["cases"][number]["arrays"]["exact"]
     true = entry["sha256"]
-
-    def edit(m):
-        m["cases"][number]["arrays"]["exact"]["sha256"] = "0" * 64
-
-    _edit_manifest(d, edit)
+    _edit_manifest(d, ("cases", number, "arrays", "exact", "sha256"), "0" * 64)
     return (f"{d / 'vectors.npz'}: {entry['name']}.npy has sha256 {true}, the manifest says {'0' * 64} "
             f"for cases[{number}] (float64/apply/gemma4-global-kv) arrays.exact")  # fmt: skip
 
@@ -317,7 +323,8 @@ def _not_json(d: Path) -> str:
 
 
 def _top_level_list(d: Path) -> str:
-    path = _edit_manifest(d, lambda m: [m])
+    path = d / "manifest.json"
+    path.write_text(f"[{path.read_text()}]")
     return (
         f'{path}: the top level is [{{"format": "p-rope-golden/1", "spec_version": "1.0", '
         '"ge... (list); expected an object'
@@ -325,17 +332,17 @@ def _top_level_list(d: Path) -> str:
 
 
 def _without_cases(d: Path) -> str:
-    path = _edit_manifest(d, lambda m: m.pop("cases") and None)
+    path = _edit_manifest(d, ("cases",))
     return f"{path}: cases is missing; expected a non-empty list"
 
 
 def _other_format(d: Path) -> str:
-    path = _edit_manifest(d, lambda m: m.update(format="p-rope-golden/2"))
+    path = _edit_manifest(d, ("format",), "p-rope-golden/2")
     return f'{path}: format is "p-rope-golden/2" (str); expected "p-rope-golden/1"'
 
 
 def _without_head_dim(d: Path) -> str:
-    path = _edit_manifest(d, lambda m: m["cases"][2]["parameters"].pop("head_dim") and None)
+    path = _edit_manifest(d, ("cases", 2, "parameters", "head_dim"))
     return (
         f"{path}: cases[2] (float16/apply/llama-hf-layout-packed): parameters.head_dim is "
         "missing; expected a positive even integer"
@@ -343,15 +350,20 @@ def _without_head_dim(d: Path) -> str:
 
 
 def _head_dim_true(d: Path) -> str:
-    path = _edit_manifest(d, lambda m: m["cases"][2]["parameters"].update(head_dim=True))
+    path = _edit_manifest(d, ("cases", 2, "parameters", "head_dim"), True)
     return (
         f"{path}: cases[2] (float16/apply/llama-hf-layout-packed): parameters.head_dim is "
         "true (bool); expected a positive even integer"
     )
 
 
+def _repeated_id(d: Path) -> str:
+    path = _edit_manifest(d, ("cases", 7, "id"), "float16/apply/p0-identity")  # the id of cases[3]
+    return f"{path}: cases[7] (float16/apply/p0-identity): id is the id of cases[3]; expected each id once"
+
+
 def _shape_string(d: Path) -> str:
-    path = _edit_manifest(d, lambda m: m["cases"][3]["arrays"]["inputs"].update(shape="1,4,1,64"))
+    path = _edit_manifest(d, ("cases", 3, "arrays", "inputs", "shape"), "1,4,1,64")
     return (
         f'{path}: cases[3] (float16/apply/p0-identity): arrays.inputs.shape is "1,4,1,64" '
         "(str); expected a list of non-negative integers"
@@ -359,12 +371,12 @@ def _shape_string(d: Path) -> str:
 
 
 def _without_expected(d: Path) -> str:
-    path = _edit_manifest(d, lambda m: m["cases"][3]["arrays"].pop("expected") and None)
+    path = _edit_manifest(d, ("cases", 3, "arrays", "expected"))
     return f"{path}: cases[3] (float16/apply/p0-identity): arrays.expected is missing; expected an object"
 
 
 def _checksum_number(d: Path) -> str:
-    path = _edit_manifest(d, lambda m: m["cases"][3]["arrays"]["positions"].update(sha256=12))
+    path = _edit_manifest(d, ("cases", 3, "arrays", "positions", "sha256"), 12)
     return (
         f"{path}: cases[3] (float16/apply/p0-identity): arrays.positions.sha256 is 12 "
         "(int); expected 64 lowercase hexadecimal digits"
@@ -421,6 +433,7 @@ CORRUPTIONS = {
     "manifest-other-format": _other_format,
     "manifest-without-head-dim": _without_head_dim,
     "manifest-head-dim-bool": _head_dim_true,
+    "manifest-repeated-id": _repeated_id,
     "manifest-shape-string": _shape_string,
     "manifest-without-expected": _without_expected,
     "manifest-checksum-number": _checksum_number,
