@@ -32,7 +32,7 @@ from .cases import DTYPES, Case, Positions, check_cases
 from .conventions import CONVENTIONS, detect_convention, make_target
 from .diagnose import _unsupported, cause
 from .execute import INVALID_CALLS, CaseResult, execute, finite_json
-from .frameworks import Framework, framework
+from .frameworks import Framework, framework, uses_keras
 from .harness import Watchdog, deadline
 from .repro import describe_result, script, shrink_candidates, shrink_head
 from .run import LEVEL_ORDER, aggregate
@@ -272,10 +272,14 @@ def check(
                            layer_type=layer_type, compile=compile and not plain,
                            autocast=None if plain else autocast)  # fmt: skip
 
+    framework_name = keras_or(framework_name, signature, function)
     if framework_name == "auto":
         with watchdog.armed("probe (detecting the framework)") if watchdog is not None else contextlib.nullcontext():
             framework_name = detect_framework(lambda fw: make(fw, plain=True), timeout)
-    fw = framework(framework_name)
+    try:
+        fw = framework(framework_name)
+    except NotImplementedError as error:  # Keras on a backend the suite has no arrays for
+        raise UsageError(str(error)) from None
     if not fw.present(device):
         raise UsageError(f"device {device} is not present for {framework_name}")
     if compile:
@@ -296,7 +300,7 @@ def check(
             continue
         with watchdog.armed(case.id) if watchdog is not None else contextlib.nullcontext():
             results.append(execute(target, case, timeout=timeout))
-    outcome = CheckResult(impl, framework_name, signature, keywords, device, results, untested, 0.0)
+    outcome = CheckResult(impl, fw.label(), signature, keywords, device, results, untested, 0.0)
     outcome.claimed = tuple(claimed) if claimed is not None else None
     outcome.level = repro_level or "conformant"
     outcome.options = options
@@ -322,6 +326,16 @@ def check(
         result.outputs = {}
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def keras_or(framework_name: str, convention: str, function: Callable[..., Any]) -> str:
+    """The framework "keras" for Keras code (the keras convention, or detected: frameworks.uses_keras)
+    when none is named; a UsageError for the keras convention on another framework."""
+    if convention == "keras" and framework_name not in ("auto", "keras"):
+        raise UsageError(f"the keras convention runs on Keras's backend (KERAS_BACKEND), not {framework_name}")
+    if framework_name == "auto" and (convention == "keras" or uses_keras(function)):
+        return "keras"
+    return framework_name
 
 
 def _enter_and_leave(context: Any) -> None:

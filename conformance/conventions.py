@@ -12,6 +12,9 @@
   with cos/sin ``[S, H/2]`` (full width: cos 1, sin 0 on NoPE pairs) indexed by seqlen_offsets + l.
 * ``angles``: rotary-embedding-torch's ``apply_rotary_emb(freqs, t, seq_dim=...)``, freqs the angle of
   each lane (pairs interleaved), from ``--rotary`` (``rotary(positions)``) or SPEC.md's frequencies.
+* ``keras``: a Keras 3 layer (class or factory), called ``layer(x, positions=...)``, or a method of a
+  layer class (``Layer.method``), called on a layer built from the case's parameters; Keras's dtype
+  policy is the inputs' dtype (``mixed_bfloat16`` under ``--autocast bf16``).
 
 A rotary module or layer factory receives the case's parameters under the names it declares
 (``FACTORY_NAMES``); a transformers class taking a ``config`` gets the configuration it needs, built
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .cases import Arrays, Case
-from .frameworks import Framework
+from .frameworks import Framework, keras_layer_class
 from .targets import Call, CallableTarget, Output, UsageError, detect_signature, parameter_names
 
 CONVENTIONS = {
@@ -46,15 +49,32 @@ CONVENTIONS = {
     "(rotary(positions)) or SPEC.md's frequencies",
     "onnx": "ONNX RotaryEmbedding (opset 23) in a one-node graph run by the session class named "
     "(onnxruntime:InferenceSession), full-width cos/sin caches",
+    "keras": "a Keras layer built from the parameters it names, layer(x, positions=...), or a method of a layer "
+    "class (Layer.method(layer, x, start_index=0, positions=...))",
 }
 
 # The names under which a factory (rotary module, engine layer) receives each parameter.
 FACTORY_NAMES: dict[str, tuple[str, ...]] = {
     "head_dim": ("head_dim", "head_size", "dim"),
     "rotary_dim": ("rotary_dim",),
-    "max_wavelength": ("max_wavelength", "base", "rope_theta", "theta", "base_frequency", "max_timescale"),
-    "rope_percentage": ("rope_percentage", "partial_rotary_factor", "rope_proportion", "rotary_percent"),
-    "scale_factor": ("scale_factor", "factor", "scaling_factor"),
+    "max_wavelength": (
+        "max_wavelength",
+        "base",
+        "rope_theta",
+        "theta",
+        "base_frequency",
+        "max_timescale",
+        "rope_wavelength",
+        "rope_max_wavelength",
+    ),
+    "rope_percentage": (
+        "rope_percentage",
+        "partial_rotary_factor",
+        "rope_proportion",
+        "rotary_percent",
+        "rope_partial_rotary_factor",
+    ),
+    "scale_factor": ("scale_factor", "factor", "scaling_factor", "rope_scaling_factor"),
     "max_position": ("max_position", "max_position_embeddings"),
     "is_neox_style": ("is_neox_style", "is_neox"),
     "dtype": ("dtype",),
@@ -486,6 +506,135 @@ class OnnxTarget(ConventionTarget):
         return Call([Output("out", np.asarray(out).reshape(x_np.shape), x_np, feeds["X"])], watched)
 
 
+# Keras layers: the parameters a layer's constructor may declare (every synonym declared is passed).
+KERAS_NAMES: dict[str, tuple[str, ...]] = {
+    **{k: FACTORY_NAMES[k] for k in ("head_dim", "max_wavelength", "rope_percentage", "scale_factor")},
+    "heads": ("num_heads", "num_query_heads", "num_key_value_heads"),
+    "sequence_axis": ("sequence_axis",),
+    "feature_axis": ("feature_axis",),
+}
+KERAS_CALL_NAMES = {"positions": ("positions", "position_ids"), "start": ("start_index", "cache_update_index")}
+
+
+def _keras_parameters(case: Case) -> dict[str, Any]:
+    return {
+        "head_dim": case.head_dim,
+        "max_wavelength": case.max_wavelength,
+        "rope_percentage": case.rope_percentage,
+        "scale_factor": case.scale_factor,
+        "heads": case.heads,
+        "sequence_axis": 1 if case.seq_axis == -3 else 2,
+        "feature_axis": -1,
+    }
+
+
+def _declared(factory: Callable[..., Any]) -> dict[str, str]:
+    """Each name ``factory`` declares among KERAS_NAMES' synonyms -> our parameter it receives."""
+    names, _ = parameter_names(factory)
+    return {name: ours for ours, synonyms in KERAS_NAMES.items() for name in synonyms if name in names}
+
+
+def _required(function: Callable[..., Any], given: set[str], skip: int = 0) -> list[str]:
+    """Parameters of ``function`` without a default that are not in ``given`` (the first ``skip`` aside)."""
+    parameters = list(inspect.signature(function).parameters.values())[skip:]
+    return [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in given]  # fmt: skip
+
+
+@dataclasses.dataclass
+class KerasTarget(ConventionTarget):
+    """A Keras 3 layer, built from the case's parameters under the names its constructor declares
+    (``rope_wavelength``/``max_wavelength``, ``rope_scaling_factor``/``scaling_factor``,
+    ``rope_partial_rotary_factor``/``partial_rotary_factor``, ``head_dim``, heads, ``sequence_axis``,
+    ``feature_axis``; ``dtype``: the inputs' dtype, or the mixed policy of ``--autocast``) and called
+    ``layer(x, positions=...)``; or a method of a layer class, called on such a layer (built for the
+    inputs' shape) as ``method(layer, x, start_index=0, positions=...)``."""
+
+    @property
+    def method(self) -> bool:
+        return not inspect.isclass(self.function) and keras_layer_class(self.function) is not None
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        assert self.function is not None
+        return keras_layer_class(self.function) if self.method else self.function  # type: ignore[return-value]
+
+    def supports(self, case: Case) -> str | None:
+        why = self.common(case)
+        if why or case.pairing != "split_half":
+            return why or "needs pairing interleaved (a Keras rotary layer rotates split-half)"
+        declared = set(_declared(self.factory).values())
+        if case.seq_axis == -2 and "sequence_axis" not in declared:
+            return "needs sequence_axis ([B, N, L, H] inputs)"
+        if case.rotated_pairs is not None:
+            return "needs rotated_pairs (a layer takes a rotary fraction)"
+        if case.rope_percentage != 1.0 and "rope_percentage" not in declared:
+            return "needs a rotary fraction (rope_partial_rotary_factor, partial_rotary_factor...)"
+        if case.scale_factor != 1.0 and "scale_factor" not in declared:
+            return "needs a scaling factor (rope_scaling_factor, scaling_factor...)"
+        if "max_wavelength" not in declared:
+            return "needs a wavelength (rope_wavelength, max_wavelength...)"
+        if self.autocast is not None and case.dtype != self.autocast:
+            return f"needs {self.autocast} inputs (a layer under the mixed_{self.autocast} policy computes in it)"
+        return None
+
+    def layer(self, case: Case, shape: tuple[int, ...]) -> Any:
+        """The layer at the case's parameters (built for ``shape`` when a method of it is called)."""
+        policy = f"mixed_{self.autocast}" if self.autocast is not None else case.dtype
+        key = ("keras", case.head_dim, case.max_wavelength, case.rope_percentage, case.scale_factor, case.heads,
+               case.seq_axis, policy, shape if self.method else None)  # fmt: skip
+        if key not in self._built:
+            factory = self.factory
+            values = _keras_parameters(case)
+            kwargs = {name: values[ours] for name, ours in _declared(factory).items()}
+            if inspect.isclass(factory) or _accepts(factory, "dtype"):  # a Keras layer takes its dtype policy
+                kwargs["dtype"] = policy
+            missing = _required(factory, set(kwargs))
+            if missing:
+                name = getattr(factory, "__name__", factory)
+                raise UsageError(f"{name} needs {', '.join(missing)}: not a parameter the keras convention passes")
+            with self.framework.autocast(self.autocast, self.device):
+                layer = factory(**kwargs)
+                if self.method and not layer.built:
+                    layer.build(shape)
+            self._built[key] = layer
+        return self._built[key]
+
+    def rope(self, case: Case, shape: tuple[int, ...]) -> Callable[[Any, Any], Any]:
+        """x, positions -> the layer's output: its call, or the method named on it."""
+        layer = self.layer(case, shape)
+        function = self.function if self.method else layer.call
+        assert function is not None
+        names, _ = parameter_names(function)
+        names = names[1:] if self.method else names  # self
+        kw: dict[str, Any] = {}
+        positions = next((n for n in KERAS_CALL_NAMES["positions"] if n in names), None)
+        start = next((n for n in KERAS_CALL_NAMES["start"] if n in names), None)
+        if positions is None:
+            raise UsageError(f"{getattr(function, '__qualname__', function)} takes no positions (positions=...)")
+        if start is not None:
+            kw[start] = 0
+        missing = _required(function, {positions, *kw}, skip=2 if self.method else 1)
+        if missing:
+            raise UsageError(f"{getattr(function, '__qualname__', function)} needs {', '.join(missing)}")
+        call = (lambda x, p: function(layer, x, **kw, **{positions: p})) if self.method else (
+            lambda x, p: layer(x, **kw, **{positions: p}))  # fmt: skip
+        return self.framework.compile(call) if self.compile else call
+
+    def call(self, case: Case, arrays: Arrays) -> Call:
+        x_np = arrays.inputs
+        positions_np = full_positions(case, arrays.positions)
+        x, positions = self.native(x_np), self.native(positions_np)
+        rope = self.rope(case, x_np.shape)
+
+        def run(v: Any, p: Any) -> Any:
+            with self.framework.autocast(self.autocast, self.device):
+                return rope(v, p)
+
+        out = self.framework.call(run, x, positions, allow_eager=not self.compile)
+        return Call([Output("out", out, x_np, x)], [("inputs", x, x_np), ("positions", positions, positions_np)])
+
+
 TARGETS: dict[str, type[CallableTarget]] = {
     "paper": CallableTarget,
     "gemma": CallableTarget,
@@ -495,11 +644,15 @@ TARGETS: dict[str, type[CallableTarget]] = {
     "flash_attn": FlashTarget,
     "angles": AnglesTarget,
     "onnx": OnnxTarget,
+    "keras": KerasTarget,
 }
 
 
 def detect_convention(function: Callable[..., Any]) -> tuple[str, frozenset[str]]:
-    """The convention of a callable from its parameter names, where they say it unambiguously."""
+    """The convention of a callable from its parameter names, where they say it unambiguously (a Keras
+    layer class, or a method of one: keras)."""
+    if keras_layer_class(function) is not None and not _is_instance(function):
+        return "keras", frozenset()
     names, _ = parameter_names(getattr(function, "forward", None) or function)
     if names[:3] == ["positions", "query", "key"]:
         return "vllm", frozenset()
@@ -512,6 +665,10 @@ def detect_convention(function: Callable[..., Any]) -> tuple[str, frozenset[str]
     if names[:1] == ["path_or_bytes"]:
         return "onnx", frozenset()
     return detect_signature(function)
+
+
+def _is_instance(function: Callable[..., Any]) -> bool:
+    return not (inspect.isclass(function) or inspect.isfunction(function) or inspect.ismethod(function))
 
 
 def make_target(

@@ -1,12 +1,16 @@
 """Array libraries as the suite sees them: NumPy arrays in, native arrays on a device, NumPy out.
 
 Each framework is imported only when a case needs it (``jax`` and ``torch`` never together unless
-both are asked for). The device names are the suite's: "cpu", "cuda", "tpu", "mps".
+both are asked for). The device names are the suite's: "cpu", "cuda", "tpu", "mps". Keras 3 code runs
+on the arrays of Keras's backend (torch, jax or numpy: ``KERAS_BACKEND``); what sets it apart is its
+mixed precision, a global dtype policy (``keras_framework``, ``uses_keras``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -26,6 +30,10 @@ class Framework:
 
     def present(self, device: str) -> bool:
         return device == "cpu"
+
+    def label(self) -> str:
+        """The name a report shows."""
+        return self.name
 
     def unsupported(self, dtype: str, device: str) -> str | None:
         """Why ``dtype`` cannot exist on ``device`` in this library (None: it can)."""
@@ -72,7 +80,7 @@ class Framework:
     def autocast(self, dtype: str | None, device: str = "cpu") -> Iterator[None]:
         """The framework's mixed-precision mode on ``device`` (``check --autocast``); a no-op for None."""
         if dtype is not None:
-            raise NotImplementedError(f"{self.name} has no autocast (--autocast needs PyTorch)")
+            raise NotImplementedError(f"{self.name} has no autocast (--autocast needs PyTorch or Keras code)")
         yield
 
     def aliases(self, output: Any, array: Any) -> bool:
@@ -309,11 +317,125 @@ class TorchFramework(Framework):
         return value
 
 
+# ---------------------------------------------------------------------------------------------
+# Keras 3: the backend's arrays, Keras's mixed precision
+
+KERAS_PACKAGES = ("keras", "keras_hub", "keras_nlp", "keras_cv", "keras_rs")
+OTHER_ARRAY_LIBRARIES = ("torch", "jax", "jaxlib", "flax", "tensorflow")
+
+
+class KerasPolicy(Framework):
+    """Keras 3 code: ``autocast`` sets Keras's global dtype policy (``mixed_bfloat16``, ``mixed_float16``)
+    for the duration of the block and restores the one before (Keras's own mixed precision: layers
+    built under it compute in the 16-bit dtype, and code reading the policy's compute dtype uses it)."""
+
+    backend = ""
+
+    def label(self) -> str:
+        return f"keras ({self.backend} backend)"
+
+    @contextlib.contextmanager
+    def autocast(self, dtype: str | None, device: str = "cpu") -> Iterator[None]:
+        if dtype is None:
+            yield
+            return
+        import keras
+
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(f"mixed_{dtype}")
+        try:
+            yield
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+
+class KerasTorchFramework(KerasPolicy, TorchFramework):
+    backend = "torch"
+
+
+class KerasJaxFramework(KerasPolicy, JaxFramework):
+    backend = "jax"
+
+
+class KerasNumpyFramework(KerasPolicy, NumpyFramework):
+    backend = "numpy"
+
+
+KERAS_BACKENDS: dict[str, Callable[[], Framework]] = {
+    "torch": KerasTorchFramework,
+    "jax": KerasJaxFramework,
+    "numpy": KerasNumpyFramework,
+}
+
+
+def keras_framework() -> Framework:
+    """The framework of Keras code: the arrays of Keras's backend, Keras's dtype policy as autocast.
+    Imports keras (its backend is chosen by ``KERAS_BACKEND`` before that)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend not in KERAS_BACKENDS:
+        raise NotImplementedError(
+            f"Keras's {backend} backend is not supported: set KERAS_BACKEND to one of {', '.join(KERAS_BACKENDS)}"
+        )
+    return KERAS_BACKENDS[backend]()
+
+
+def _package(value: object) -> str:
+    """The top-level package a module, class or function belongs to ("" when none)."""
+    name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+    return name.split(".")[0] if isinstance(name, str) else ""
+
+
+def _owner(function: object) -> object | None:
+    """The class a function is defined in (from its qualified name), or an object's class."""
+    if inspect.isclass(function):
+        return function
+    if inspect.ismethod(function):
+        return type(function.__self__)
+    if inspect.isfunction(function):
+        owner: object = sys.modules.get(function.__module__)
+        path = function.__qualname__.split(".")[:-1]
+        if not path or "<locals>" in path:
+            return None
+        for part in path:
+            owner = getattr(owner, part, None)
+        return owner if inspect.isclass(owner) else None
+    return type(function)
+
+
+def keras_layer_class(function: object) -> type | None:
+    """The Keras layer class ``function`` is (a layer class), belongs to (a layer or one of its
+    methods), or None. Never imports keras: code that uses it has imported it."""
+    keras = sys.modules.get("keras")
+    owner = _owner(function)
+    layer = getattr(getattr(keras, "layers", None), "Layer", None)
+    if layer is None or not inspect.isclass(owner) or not issubclass(owner, layer):
+        return None
+    return owner
+
+
+def uses_keras(function: object) -> bool:
+    """Whether ``function`` is Keras code: a Keras layer or one of its methods, code of a Keras package,
+    or a function whose module uses Keras and no other array library of its own (torch, jax...)."""
+    if "keras" not in sys.modules:
+        return False
+    if keras_layer_class(function) is not None:
+        return True
+    target = function if inspect.isfunction(function) or inspect.ismethod(function) else type(function).__call__
+    if _package(function) in KERAS_PACKAGES or _package(target) in KERAS_PACKAGES:
+        return True
+    namespace = getattr(inspect.unwrap(target), "__globals__", {})  # type: ignore[arg-type]
+    packages = {_package(v) for v in namespace.values() if inspect.ismodule(v) or callable(v)}
+    return bool(packages & set(KERAS_PACKAGES)) and not packages & set(OTHER_ARRAY_LIBRARIES)
+
+
 FRAMEWORKS: dict[str, Callable[[], Framework]] = {
     "numpy": NumpyFramework,
     "array_api_strict": StrictFramework,
     "jax": JaxFramework,
     "torch": TorchFramework,
+    "keras": keras_framework,
 }
 
 
