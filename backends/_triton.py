@@ -21,17 +21,11 @@ kernel. Autograd: the gradient of a rotation is the inverse rotation, i.e. the s
 -positions, run as the same kernel with the sine negated (exactly the angle of -position); the
 tables entry also gives gradients of cos and sin (plain torch operations). Positions get no gradient.
 
-Tables inside the kernel (float32; SPEC.md §8's exact reduction modulo one turn, without float64):
-the revolutions of pair i per unit position, r_i = w**(-2i/H) / (2 pi s) < 1, are held as a 60-bit
-fixed-point integer F_i = fh_i 2**30 + fl_i (from the 50-digit evaluation in p_rope._params, exact
-to 2**-60). A position's integer part n is taken modulo 2**60 and split into 30-bit halves, so that
-n F_i mod 2**60 is exact in int64 with no product above 2**61; a real position adds its fraction,
-rounded to 2**-30 (an angle error below 2**-31 rad), and a negative one is the negated turn. The
-turn t is reduced, in integers, to the nearest quarter q and a rest within 1/8 turn; the rest becomes
-an angle in [-pi/4, pi/4] as a float32 sum big + small whose rounding error is kept (TwoSum); sin and
-cos come from Taylor polynomials there (1 - a^2/2 formed exactly), corrected by that error, then
-turned by q quarter turns exactly. Non-finite positions give NaN (SPEC.md §6). float64 inputs use
-float64 tables, cos/sin of the float64 angle position * freq_i, as the other backends do.
+Tables inside the kernel: float32 tables by SPEC.md §8's "64-bit fixed-point reduction" (its
+contract there), for parameters where every pair turns less than once per unit position (r_i < 1:
+every max_wavelength >= 1); otherwise SPEC.md §8's exact reduction builds the tables
+(``p_rope.backends._torch_tables``) and the kernel reads them. float64 inputs use float64 tables,
+cos/sin of the float64 angle position * freq_i, as the other backends do.
 
 Computation dtype: float32 for float16, bfloat16 and float32 inputs, float64 for float64 inputs
 (tables entry: the tables' dtype); the result is rounded once to the input's dtype.
@@ -49,7 +43,8 @@ import os
 from typing import Any
 
 import torch
-from p_rope._params import frequency_values, revolution_chunks
+from p_rope._params import TableSpec, frequency_values, revolution_chunks
+from p_rope.backends._torch_tables import torch_tables
 
 try:  # optional dependency (the "triton" extra)
     import triton
@@ -92,24 +87,22 @@ _UNIT = _f32(2 * math.pi * 2.0**-_FIXED_BITS)  # radians per unit of lo
 @functools.lru_cache(maxsize=256)
 def _pair_constants_cached(
     head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
-) -> tuple[tuple[int, ...], tuple[float, ...]]:
+) -> tuple[tuple[int, ...] | None, tuple[float, ...]]:
     chunks = revolution_chunks(head_dim, max_wavelength, pairs, scale_factor)
-    fixed = []
-    for i in range(pairs):
-        if chunks[0][i] != 0.0:  # r_i < 1/(2 pi): w**(-2i/H) <= 1 and s >= 1
-            raise AssertionError("a pair turns more than once per unit position")
-        fixed.append(sum(int(math.ldexp(row[i], _FIXED_BITS)) for row in chunks[1:]))
-    halves = tuple(f >> _HALF_BITS for f in fixed) + tuple(f & ((1 << _HALF_BITS) - 1) for f in fixed)
     freq = tuple(frequency_values(head_dim, max_wavelength, pairs, scale_factor)[:pairs])
+    if any(whole != 0.0 for whole in chunks[0]):  # some r_i >= 1 (w < 1): not held in 60 fractional bits
+        return None, freq
+    fixed = [sum(int(math.ldexp(row[i], _FIXED_BITS)) for row in chunks[1:]) for i in range(pairs)]
+    halves = tuple(f >> _HALF_BITS for f in fixed) + tuple(f & ((1 << _HALF_BITS) - 1) for f in fixed)
     return halves, freq
 
 
 @torch.compiler.assume_constant_result
 def _pair_constants(
     head_dim: int, max_wavelength: float, pairs: int, scale_factor: float
-) -> tuple[tuple[int, ...], tuple[float, ...]]:
+) -> tuple[tuple[int, ...] | None, tuple[float, ...]]:
     """((fh_0..fh_{R-1}, fl_0..fl_{R-1}), (freq_0..freq_{R-1})): F_i = fh_i 2**30 + fl_i is r_i to
-    2**-60 in 60-bit fixed point; freq_i the float64 angular frequencies."""
+    2**-60 in 60-bit fixed point (None where some r_i >= 1); freq_i the float64 angular frequencies."""
     return _pair_constants_cached(head_dim, max_wavelength, pairs, scale_factor)
 
 
@@ -643,10 +636,12 @@ def fused_apply(
     written. Differentiable in x (through autograd when x requires a gradient; in place too, by
     the out-of-place kernel then a copy of the rotated lanes, as for any in-place op).
     """
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     halves, freq = _pair_constants(head_dim, max_wavelength, pairs, scale_factor)
-    if compute == torch.float64:
+    if x.dtype == torch.float64:
         constants = _constant(freq, torch.float64, x.device)
+    elif halves is None:  # some r_i >= 1: the exact reduction's tables, read by the same kernel
+        cos, sin = torch_tables(positions, TableSpec(head_dim, max_wavelength, pairs, scale_factor, "float32"))
+        return fused_apply_tables(x, cos, sin, pairing, seq_axis, in_place=in_place)
     else:
         constants = _constant(halves, torch.int64, x.device)
     if not in_place:

@@ -1,7 +1,8 @@
 """The fused Triton kernel of the torch backend (backends/_triton.py) against the NumPy reference, at
 SPEC.md's strict level: every dtype, pairing, seq_axis and position kind, in place and out of place,
 both entry points (positions, tables), any strides and batch axes, special values, autograd and
-torch.compile.
+torch.compile; and the kernel's own float32 tables against tests/test_tables.py's exact evaluation
+(SPEC.md §8, "The 64-bit fixed-point reduction").
 
 Where it runs: on CUDA in this process (skipped, visibly, without a GPU); on the CPU in Triton's
 interpreter, which must be switched on (TRITON_INTERPRET=1) before Triton is imported. So the CPU
@@ -22,6 +23,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from tests import test_tables as exact_check
 from tests.helpers import assert_conforms, integer_positions, layout, normal, to_numpy
 
 torch = pytest.importorskip("torch")
@@ -355,6 +357,65 @@ def test_registered_ops_pass_opcheck(device: str) -> None:
     torch.library.opcheck(torch.ops.p_rope.rotate_at, (x, positions, constants, "split_half", -3, False), **kwargs)
     cos, sin = torch_backend.p_rope_tables(positions, 16, 1e4, 0.5)
     torch.library.opcheck(torch.ops.p_rope.rotate_by, (x, cos, sin, "interleaved", -3, False), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the in-kernel float32 tables: SPEC.md §8, "The 64-bit fixed-point reduction"
+
+FIXED_POINT_BOUND = 1.5 * 2.0**-24  # SPEC.md §8, the 64-bit fixed-point reduction's contract
+# (H, w, s) with every r_i < 1 (the kernel's own tables): w < 1 too (w = 0.5: r_i < 1 / pi)
+FIXED_POINT_CONFIGS = [(128, 1e4, 1.0), (64, 1e7, 3.0), (34, 2.0, 1.7), (16, 0.5, 1.0), (2, 10.0, 1.0)]
+FIXED_POINT_IDS = [f"H{h}-w{w:g}-s{s:g}" for h, w, s in FIXED_POINT_CONFIGS]
+
+
+def _kernel_tables(positions: np.ndarray, device: str, head_dim: int, w: float, scale: float) -> tuple[Any, Any]:
+    """The kernel's float32 tables at positions [L], read exactly off its output: float32 x = (1, 0)
+    in every pair (R = H/2) gives x1 c - x2 s = c and x2 c + x1 s = s, each exact in float32."""
+    pairs = head_dim // 2
+    x = np.zeros((positions.size, 1, head_dim), dtype=np.float32)
+    x[..., :pairs] = 1.0
+    out = _triton.fused_apply(
+        _tensor(x, device), _tensor(positions, device), head_dim, w, pairs, scale, "split_half", -3
+    )
+    rows = to_numpy(out)[:, 0]
+    return rows[:, :pairs], rows[:, pairs:]
+
+
+@pytest.mark.parametrize("kind", ["int32", "int64", "int16", "uint8", "float32", "float64"])
+@pytest.mark.parametrize(("head_dim", "w", "s"), FIXED_POINT_CONFIGS, ids=FIXED_POINT_IDS)
+def test_fixed_point_tables_within_bound(device: str, head_dim: int, w: float, s: float, kind: str) -> None:
+    """|m| <= 2**24, integer of several dtypes or real float32/float64, negative too (edges 0, +-1,
+    +-2**24, +-2**-30...): the kernel's tables within FIXED_POINT_BOUND of the exact cos/sin of
+    2 pi m r_i (tests/test_tables.py's evaluation)."""
+    positions, exact = exact_check.reference(kind, head_dim, w, s)
+    error = exact_check.max_error(_kernel_tables(positions, device, head_dim, w, s), exact)
+    assert error <= FIXED_POINT_BOUND, f"{error / 2.0**-24:.3f} float32 units"
+
+
+@pytest.mark.parametrize("kind", ["int32", "uint32", "int64", "uint64", "float32", "float64"])
+@pytest.mark.parametrize(("head_dim", "w", "s"), [(128, 1e4, 1.0), (16, 0.5, 1.0)], ids=["H128-w1e4", "H16-w0.5"])
+def test_fixed_point_tables_at_any_position(device: str, head_dim: int, w: float, s: float, kind: str) -> None:
+    """Beyond 2**24, up to each dtype's limits: the integer part is reduced modulo 2**60 exactly and a
+    float64 fraction rounded as below 2**24, so the tables stay within FIXED_POINT_BOUND of cos/sin
+    of 2 pi m r^_i (r^_i: r_i truncated to 60 fractional bits)."""
+    positions = exact_check.wide_positions_of(kind, 5)
+    exact = exact_check.exact_tables(positions, exact_check._fixed_revolutions(head_dim, w, s))
+    error = exact_check.max_error(_kernel_tables(positions, device, head_dim, w, s), exact)
+    assert error <= FIXED_POINT_BOUND, f"{error / 2.0**-24:.3f} float32 units"
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["out-of-place", "in-place"])
+@pytest.mark.parametrize("positions_dtype", ["int64", "float32"])
+def test_pairs_turning_more_than_once_per_position(device: str, positions_dtype: str, in_place: bool) -> None:
+    """w = 0.01: some r_i >= 1, beyond the kernel's 60 fractional bits; the exact reduction's tables,
+    read by the same kernel, meet the strict level."""
+    rng = np.random.default_rng(13)
+    x = normal(rng, (2, 6, 2, 64), "float32")
+    positions = np.array([[0, 1, 3, 1000, 2**20, -77], [5, -(2**24), 2**24, 7, 8, 9]]).astype(positions_dtype)
+    if positions_dtype == "float32":
+        positions = positions + np.float32(0.375)
+    out, _ = _run(x, positions, device, (64, 0.5, 0.01, 1.0), "split_half", -3, in_place)
+    assert_conforms(out, x, positions, 64, 0.01, 0.5, device=device, level="strict")
 
 
 # ---------------------------------------------------------------------------------------------
