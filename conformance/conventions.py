@@ -114,8 +114,44 @@ def full_positions(case: Case, positions: np.ndarray) -> np.ndarray:
     return np.broadcast_to(positions, (*case.batch_shape, case.seq_len)).copy()
 
 
+def _opaque(function: Callable[..., Any]) -> bool:
+    """Whether a callable's signature is only ``(*args, **kwargs)`` (it says nothing of its call)."""
+    try:
+        kinds = [p.kind for p in inspect.signature(function).parameters.values()]
+    except (TypeError, ValueError):
+        return False
+    return inspect.Parameter.VAR_POSITIONAL in kinds and set(kinds) <= {
+        inspect.Parameter.VAR_POSITIONAL,
+        inspect.Parameter.VAR_KEYWORD,
+    }
+
+
+def call_signature(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The callable whose signature says how ``function`` is called: itself, or, where that is only
+    ``(*args, **kwargs)`` (a hub-kernel module, a decorator's wrapper), what it wraps: ``__wrapped__``,
+    its ``forward`` method, or the one function that forward closes over."""
+    current = function
+    for _ in range(4):
+        if not _opaque(current):
+            break
+        inner = getattr(current, "__wrapped__", None) or getattr(current, "forward", None)
+        if inner is None:
+            cells = getattr(getattr(current, "__func__", current), "__closure__", None) or ()
+            functions = [c.cell_contents for c in cells if inspect.isfunction(c.cell_contents)]
+            inner = functions[0] if len(functions) == 1 else None
+        if inner is None or inner is current:
+            break
+        current = inner
+    return current
+
+
+def _names(function: Callable[..., Any]) -> tuple[list[str], bool]:
+    """parameter_names of what ``function`` wraps, where its own signature says nothing (call_signature)."""
+    return parameter_names(call_signature(function))
+
+
 def _accepts(function: Callable[..., Any], name: str) -> bool:
-    names, var_keyword = parameter_names(function)
+    names, var_keyword = _names(function)
     return name in names or var_keyword
 
 
@@ -281,7 +317,7 @@ class HfTarget(ConventionTarget):
         q = self.native(arrays.inputs)
         cos, sin, watched = self.cos_sin(case, q, arrays.positions)
         kw = {"unsqueeze_dim": 2 if case.seq_axis == -3 else 1} if _accepts(self.function, "unsqueeze_dim") else {}
-        names, _ = parameter_names(self.function)
+        names, _ = _names(self.function)
         watched = [("q", q, arrays.inputs), *watched]
         if len(names) >= 4 and names[2:4] == ["cos", "sin"]:
             k_np = self.second_input(case, arrays)
@@ -315,7 +351,7 @@ class VllmTarget(ConventionTarget):
     @property
     def is_kernel(self) -> bool:
         assert self.function is not None
-        names, _ = parameter_names(self.function)
+        names, _ = _names(self.function)
         return names[:3] == ["positions", "query", "key"]
 
     def supports(self, case: Case) -> str | None:
@@ -358,7 +394,7 @@ class VllmTarget(ConventionTarget):
             cache_np = np.concatenate([cos, sin], axis=-1).astype(table_dtype(case))
             cache = self.native(cache_np)
             values = {"head_size": head_dim, "cos_sin_cache": cache, "is_neox": case.pairing == "split_half"}
-            names, _ = parameter_names(self.function)
+            names, _ = _names(self.function)
             result = self.invoke(pos, query, key, **{k: v for k, v in values.items() if k in names}, **extra)
             watched.append(("cos_sin_cache", cache, cache_np))
         else:
@@ -653,7 +689,7 @@ def detect_convention(function: Callable[..., Any]) -> tuple[str, frozenset[str]
     layer class, or a method of one: keras)."""
     if keras_layer_class(function) is not None and not _is_instance(function):
         return "keras", frozenset()
-    names, _ = parameter_names(getattr(function, "forward", None) or function)
+    names, _ = _names(getattr(function, "forward", None) or function)
     if names[:3] == ["positions", "query", "key"]:
         return "vllm", frozenset()
     if len(names) >= 3 and names[1:3] == ["cos", "sin"] and "seqlen_offsets" in names:
@@ -664,7 +700,7 @@ def detect_convention(function: Callable[..., Any]) -> tuple[str, frozenset[str]
         return "angles", frozenset()
     if names[:1] == ["path_or_bytes"]:
         return "onnx", frozenset()
-    return detect_signature(function)
+    return detect_signature(call_signature(function))
 
 
 def _is_instance(function: Callable[..., Any]) -> bool:

@@ -244,3 +244,32 @@ def test_rotary_embedding_torch(capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "convention angles" in out and "GRADE: CONFORMANT" in out
+
+
+def _hub_kernel_module(function, with_signature: bool):
+    """What the kernels package makes of a function (use_kernel_func_from_hub): an nn.Module instance whose
+    forward(*args, **kwargs) calls it, with the function's signature attached to forward (recent kernels)
+    or not (older ones)."""
+    import inspect
+
+    import torch
+
+    class Func(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return function(*args, **kwargs)
+
+    if with_signature:
+        own = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        Func.forward.__signature__ = inspect.Signature([own, *inspect.signature(function).parameters.values()])
+    return Func()
+
+
+@pytest.mark.parametrize("with_signature", [True, False], ids=["forward-signature", "closure"])
+def test_hub_kernel_wrappers_are_unwrapped(with_signature: bool):
+    """A (*args, **kwargs) wrapper is read through to the function it calls: the hf convention is detected
+    and q, k, cos, sin are passed as Hugging Face's apply_rotary_pos_emb takes them."""
+    wrapped = _hub_kernel_module(outside.hf_apply_rotary_pos_emb, with_signature)
+    assert detect_convention(wrapped)[0] == "hf"
+    outcome = _check(wrapped, dtypes=("float32",))
+    assert outcome.signature == "hf" and outcome.grade in ("conformant", "strict"), outcome.causes
+    assert any(r.case.seq_axis == -3 for r in outcome.results)  # unsqueeze_dim passed
