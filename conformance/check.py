@@ -125,6 +125,7 @@ class CheckResult:
     level: str = "conformant"  # the level the causes and reproducers are about
     causes: dict[str, str] = dataclasses.field(default_factory=dict)  # dtype -> why it fails
     mistakes: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # dtype -> mistakes matched
+    case_mistakes: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # case id -> mistakes matched
     errors: list[tuple[str, str | None]] = dataclasses.field(default_factory=list)  # --errors: (what, raised)
     parameters: str = ""  # --config: where the parameters came from
     options: tuple[str, ...] = ()  # --compile, --autocast...
@@ -200,6 +201,7 @@ class CheckResult:
             "seconds": round(self.seconds, 2),
             "untested": [{"id": c.id, "why": why} for c, why in self.untested],
             "errors": [{"what": what, "raised": raised} for what, raised in self.errors],
+            "case_mistakes": self.case_mistakes,
             "cases": [r.to_json() for r in self.results],
             "reproducers": self.reproducers,
         }
@@ -308,7 +310,7 @@ def check(
     if diagnose:
         for dtype in sorted(set(DTYPES) - outcome.unsupported(), key=DTYPES.index):
             of_dtype = [r for r in results if r.case.dtype == dtype]
-            text, mistakes = cause(of_dtype, outcome.level)
+            text, mistakes = cause(of_dtype, outcome.level, per_case=outcome.case_mistakes)
             if text:
                 outcome.causes[dtype] = text
                 outcome.mistakes[dtype] = [m.name for m in mistakes]
@@ -516,6 +518,8 @@ def render(outcome: CheckResult, level: str, max_failures: int = 10, grade: bool
         for r in failing[:max_failures]:
             lines.append(f"- {r.case.id}: {describe_result(r, level)}")
             lines.append(f"    {r.case.describe()}")
+            if outcome.case_mistakes.get(r.case.id):
+                lines.append(f"    matches {' or '.join(outcome.case_mistakes[r.case.id])}")
             if r.case.id in outcome.repro_notes:
                 lines.append(f"    reproducer on {outcome.repro_notes[r.case.id]}")
     if outcome.errors:

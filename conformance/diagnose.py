@@ -183,8 +183,12 @@ def _unsupported(results: Sequence[CaseResult]) -> str | None:
     return None
 
 
-def cause(results: Sequence[CaseResult], level: str, limit: int = 6) -> tuple[str, list[Mistake]]:
-    """One line on why a dtype's cases fail ``level``, and the mistakes that explain them."""
+def cause(
+    results: Sequence[CaseResult], level: str, limit: int = 6, per_case: dict[str, list[str]] | None = None
+) -> tuple[str, list[Mistake]]:
+    """One line on why a dtype's cases fail ``level``, and the mistakes that explain them; ``per_case``
+    (when given) receives the names of the mistakes matching each failing case examined (at most
+    ``limit``), by case id."""
     failing = [r for r in results if r.not_applicable is None and not r.passed(level)]
     if not failing:
         return "", []
@@ -195,7 +199,10 @@ def cause(results: Sequence[CaseResult], level: str, limit: int = 6) -> tuple[st
     diagnosed = 0
     for result in valued[:limit]:
         diagnosed += 1
-        for mistake in matching(result, level):
+        found = matching(result, level)
+        if per_case is not None:
+            per_case[result.case.id] = [m.name for m in found]
+        for mistake in found:
             counts[mistake] = counts.get(mistake, 0) + 1
     if counts:
         best = max(counts.values())

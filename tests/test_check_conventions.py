@@ -147,6 +147,9 @@ def test_neox_partial_rotary_engine_is_rejected_with_its_mistake_named():
     assert outcome.grade == "fail"
     assert "the NeoX partial rotary" in outcome.causes["float32"]
     assert "matches the NeoX partial rotary" in grade_line(outcome)
+    failing = {r.case.id for r in outcome.failures("conformant")}
+    assert outcome.case_mistakes and set(outcome.case_mistakes) <= failing  # per failing case examined
+    assert any("the NeoX partial rotary" in names for names in outcome.case_mistakes.values())
 
 
 def test_autocast_runs_a_matmul_frequency_product_in_bfloat16():

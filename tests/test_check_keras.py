@@ -176,7 +176,7 @@ def test_keras_hub_gemma4_attention_width_clamp(capsys):
     args = ["check", "--impl", impl, "--dtype", "float32", "--max-failures", "1"]
     assert main(args) == 1
     out = capsys.readouterr().out
-    assert "convention keras" in out
+    assert "convention keras" in out and "    matches the width clamp max(2, ...)\n" in out  # the case shown
     assert "GRADE: NOT CONFORMANT (float32: matches the width clamp max(2, ...)" in out.splitlines()[-1]
 
 
