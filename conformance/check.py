@@ -32,9 +32,9 @@ from .cases import DTYPES, Case, Positions, check_cases
 from .conventions import CONVENTIONS, detect_convention, make_target
 from .diagnose import _unsupported, cause
 from .execute import INVALID_CALLS, CaseResult, execute, finite_json
-from .frameworks import Framework, framework, uses_keras
+from .frameworks import Framework, KerasPolicy, framework, uses_keras
 from .harness import Watchdog, deadline
-from .repro import describe_result, script, shrink_candidates, shrink_head
+from .repro import call_options, describe_result, script, shrink_candidates, shrink_head
 from .run import LEVEL_ORDER, aggregate
 from .targets import OUR_KEYWORDS, SIGNATURES, CallableTarget, ImplementationError, UsageError, load_callable
 
@@ -440,6 +440,8 @@ def reproduce(
             sub, x, sub_result = smaller, x_small, small_result
             break
     observed = describe_result(sub_result, level)
+    options = (" --compile" if target.compile else "") + (f" --autocast {target.autocast}" if target.autocast else "")
+    keras_backend = fw.backend if isinstance(fw, KerasPolicy) else None
     text = script(
         sub,
         x,
@@ -449,8 +451,9 @@ def reproduce(
         framework=fw.name,
         signature=target.signature,
         device=target.device,
-        impl=impl,
+        impl=impl + options,
         observed=observed,
+        options=call_options(fw.name, autocast=target.autocast, compile=target.compile, keras_backend=keras_backend),
     )
     return text, f"{x.shape}: {observed}"
 

@@ -110,6 +110,49 @@ assert ratio.max(initial=0) <= 1, f"error {{ratio.max():.3g}} x the {level} boun
 """
 
 
+_KERAS_POLICY = """\
+import keras
+
+_impl = impl
+
+
+def impl(*args, **kwargs):  # under Keras's mixed_{dtype} policy, as check --autocast ran it
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_{dtype}")
+    try:
+        return _impl(*args, **kwargs)
+    finally:
+        keras.config.set_dtype_policy(before)
+"""
+
+_TORCH_AUTOCAST = """\
+import torch
+
+_impl = impl
+
+
+def impl(*args, **kwargs):  # under torch.autocast, as check --autocast ran it
+    with torch.autocast(DEVICE, dtype=torch.{dtype}):
+        return _impl(*args, **kwargs)
+"""
+
+
+def call_options(
+    framework: str, *, autocast: str | None = None, compile: bool = False, keras_backend: str | None = None
+) -> tuple[str, str]:
+    """What the check ran around the implementation, as reproducer source: (lines before the import
+    statement, lines after the parameters that rebind ``impl``). Keras code gets its backend before it
+    is imported; --autocast becomes Keras's mixed policy or torch.autocast around each call;
+    --compile, torch.compile (JAX reproducers call eagerly)."""
+    before = f'import os\n\nos.environ.setdefault("KERAS_BACKEND", {keras_backend!r})\n' if keras_backend else ""
+    after = ""
+    if compile and framework == "torch":
+        after += "import torch\n\nimpl = torch.compile(impl)  # as check --compile ran it\n"
+    if autocast is not None:
+        after += (_KERAS_POLICY if keras_backend else _TORCH_AUTOCAST).format(dtype=autocast)
+    return before, after
+
+
 def script(
     case: Case,
     x: np.ndarray,
@@ -122,8 +165,10 @@ def script(
     device: str,
     impl: str,
     observed: str,
+    options: tuple[str, str] = ("", ""),
 ) -> str:
-    """The text of a standalone reproducer for ``case`` with the given (shrunk) arrays."""
+    """The text of a standalone reproducer for ``case`` with the given (shrunk) arrays; ``options``:
+    call_options' source around the implementation."""
     needs_ml = x.dtype.name == "bfloat16"
     needs = ", ".join(["numpy"] + (["ml_dtypes"] if needs_ml else []) + ([framework] if framework != "numpy" else []))
     kw = case.keywords()
@@ -159,8 +204,9 @@ Run: python this_file.py   (needs {needs})
     )
     body = [
         header,
-        "import numpy as np\n" + ("import ml_dtypes\n" if needs_ml else "") + import_statement,
+        options[0] + "import numpy as np\n" + ("import ml_dtypes\n" if needs_ml else "") + import_statement,
         params + "\n" + _array_source("x", x) + _array_source("positions", positions),
+        *([options[1]] if options[1] else []),
         call,
         _CHECK.format(level=level, bound_line=bound_line, range_line=range_line),
     ]

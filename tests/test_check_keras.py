@@ -187,3 +187,23 @@ def test_keras_hub_rotary_embedding(capsys):
     out = capsys.readouterr().out
     assert "convention keras" in out and "needs a rotary fraction" in out
     assert "GRADE for the claimed float32: CONFORMANT" in out.splitlines()[-1]
+
+
+def test_reproducer_runs_under_the_mixed_policy(tmp_path):
+    """The reproducer of an --autocast failure sets Keras's backend and runs the call under the same
+    mixed policy: it fails on its own, as the check did."""
+    import subprocess
+    import sys
+
+    from p_rope.conformance.targets import load_callable
+
+    function, statement = load_callable(f"{__file__}:keras_rope_in_compute_dtype")
+    outcome = check(function, import_statement=statement, dtypes=("float32",), names=("gemma4-global-kv",),
+                    autocast="bfloat16", max_reproducers=1)  # fmt: skip
+    (text,) = outcome.reproducers.values()
+    assert "--autocast bfloat16" in text and 'set_dtype_policy("mixed_bfloat16")' in text
+    path = tmp_path / "repro.py"
+    path.write_text(text)
+    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
+    run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1 and "x the conformant bound" in run.stderr, run.stderr[-2000:]
