@@ -18,8 +18,13 @@ from p_rope.conformance.check import check, grade_line
 from p_rope.conformance.conventions import detect_convention
 from p_rope.conformance.frameworks import uses_keras
 
-os.environ.setdefault("KERAS_BACKEND", "torch")  # keras imports TensorFlow without it
-keras = pytest.importorskip("keras", reason="keras is not installed here (pip install keras==3.15.1)")
+_backend = os.environ.get("KERAS_BACKEND")
+os.environ["KERAS_BACKEND"] = _backend or "torch"  # read once, when keras is imported (TensorFlow without it)
+try:
+    keras = pytest.importorskip("keras", reason="keras is not installed here (pip install keras==3.15.1)")
+finally:
+    if _backend is None:
+        del os.environ["KERAS_BACKEND"]
 if keras.backend.backend() not in ("torch", "jax"):
     pytest.skip(f"Keras's {keras.backend.backend()} backend is not one check runs on", allow_module_level=True)
 ops = keras.ops
@@ -73,6 +78,8 @@ def keras_rope_in_compute_dtype(inputs, positions, head_dim, max_wavelength=10_0
 def test_keras_code_is_detected():
     assert uses_keras(keras_rope) and uses_keras(keras.layers.Dense)
     assert not uses_keras(np.cos) and not uses_keras(check)
+    named = _check(keras_rope, framework_name="keras", names=("gemma4-global-kv",))
+    assert named.framework.startswith("keras (") and named.grade in ("conformant", "strict")
 
 
 def test_mixed_policy_runs_a_compute_dtype_frequency_product_in_bfloat16():
