@@ -595,7 +595,40 @@ class KerasTarget(ConventionTarget):
         assert self.function is not None
         return keras_layer_class(self.function) if self.method else self.function  # type: ignore[return-value]
 
+    def validate(self) -> None:
+        """A UsageError (before any case) when the layer needs an argument this convention does not pass."""
+        if self._built.get(("validated",)):
+            return
+        factory = self.factory
+        missing = _required(factory, set(_declared(factory)) | {"dtype"})
+        if missing:
+            name = getattr(factory, "__name__", factory)
+            raise UsageError(f"{name} needs {', '.join(missing)}: not a parameter the keras convention passes")
+        call = self.function if self.method else getattr(factory, "call", None)
+        if call is not None:  # a class's call (a factory's layer is only known once built)
+            self._call_arguments(call, skip=2)
+        self._built[("validated",)] = True
+
+    @staticmethod
+    def _call_arguments(function: Callable[..., Any], skip: int) -> tuple[str, dict[str, Any]]:
+        """The name positions are passed under, and the other keywords (a start index of 0), for the
+        layer's call or the method named (its first ``skip`` parameters are self and the inputs)."""
+        names = parameter_names(function)[0][skip - 1 :]
+        kw: dict[str, Any] = {}
+        positions = next((n for n in KERAS_CALL_NAMES["positions"] if n in names), None)
+        start = next((n for n in KERAS_CALL_NAMES["start"] if n in names), None)
+        label = getattr(function, "__qualname__", function)
+        if positions is None:
+            raise UsageError(f"{label} takes no positions (positions=...)")
+        if start is not None:
+            kw[start] = 0
+        missing = _required(function, {positions, *kw}, skip=skip)
+        if missing:
+            raise UsageError(f"{label} needs {', '.join(missing)}: not an argument the keras convention passes")
+        return positions, kw
+
     def supports(self, case: Case) -> str | None:
+        self.validate()
         why = self.common(case)
         if why or case.pairing != "split_half":
             return why or "needs pairing interleaved (a Keras rotary layer rotates split-half)"
@@ -625,10 +658,6 @@ class KerasTarget(ConventionTarget):
             kwargs = {name: values[ours] for name, ours in _declared(factory).items()}
             if inspect.isclass(factory) or _accepts(factory, "dtype"):  # a Keras layer takes its dtype policy
                 kwargs["dtype"] = policy
-            missing = _required(factory, set(kwargs))
-            if missing:
-                name = getattr(factory, "__name__", factory)
-                raise UsageError(f"{name} needs {', '.join(missing)}: not a parameter the keras convention passes")
             with self.framework.autocast(self.autocast, self.device):
                 layer = factory(**kwargs)
                 if self.method and not layer.built:
@@ -641,18 +670,7 @@ class KerasTarget(ConventionTarget):
         layer = self.layer(case, shape)
         function = self.function if self.method else layer.call
         assert function is not None
-        names, _ = parameter_names(function)
-        names = names[1:] if self.method else names  # self
-        kw: dict[str, Any] = {}
-        positions = next((n for n in KERAS_CALL_NAMES["positions"] if n in names), None)
-        start = next((n for n in KERAS_CALL_NAMES["start"] if n in names), None)
-        if positions is None:
-            raise UsageError(f"{getattr(function, '__qualname__', function)} takes no positions (positions=...)")
-        if start is not None:
-            kw[start] = 0
-        missing = _required(function, {positions, *kw}, skip=2 if self.method else 1)
-        if missing:
-            raise UsageError(f"{getattr(function, '__qualname__', function)} needs {', '.join(missing)}")
+        positions, kw = self._call_arguments(function, skip=2 if self.method else 1)
         call = (lambda x, p: function(layer, x, **kw, **{positions: p})) if self.method else (
             lambda x, p: layer(x, **kw, **{positions: p}))  # fmt: skip
         return self.framework.compile(call) if self.compile else call

@@ -214,3 +214,20 @@ def test_reproducer_runs_under_the_mixed_policy(tmp_path):
     env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
     run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 1 and "x the conformant bound" in run.stderr, run.stderr[-2000:]
+
+
+class NeedsVocabulary(PRopeLayer):
+    def __init__(self, head_dim, vocabulary_size, **kwargs):
+        super().__init__(head_dim, **kwargs)
+
+
+class TakesNoPositions(PRopeLayer):
+    def call(self, inputs):
+        return inputs
+
+
+@pytest.mark.parametrize(("layer", "message"), [("NeedsVocabulary", "needs vocabulary_size"),
+                                                ("TakesNoPositions", "takes no positions")])  # fmt: skip
+def test_keras_layer_the_convention_cannot_call_is_a_usage_error(layer, message, capsys):
+    assert main(["check", "--impl", f"{__file__}:{layer}", "--dtype", "float32"]) == 2
+    assert message in capsys.readouterr().err
