@@ -12,7 +12,7 @@ integer product is exact in int32 (no overflow, no wrap-around).
 
 Contract: for every integer position (any integer dtype) the turns ``m * r_i`` are reduced modulo 1
 exactly (integer part modulo 2**60); a real position (float32, float64) is split exactly into its
-sign, its integer part (modulo 2**60) and its fraction, truncated to 2**-32. The tables are within
+sign, its integer part (modulo 2**60) and its fraction, truncated to 2**-48. The tables are within
 SPEC.md's bound of the exact cosine and sine for ``|m| <= 2**24``, and the angle error stays below
 ``|m| * 2**-59`` turns beyond.
 
@@ -28,8 +28,8 @@ from typing import Any
 from p_rope._params import RopeTables, revolution_chunks  # vendor: inline
 
 # Digit weights 2**e of a position's magnitude: 16-bit integer digits (the last one 12 bits, so that
-# the integer part is taken modulo 2**60) and two 16-bit fraction digits.
-DIGIT_EXPONENTS = (0, 16, 32, 48, -16, -32)
+# the integer part is taken modulo 2**60) and three 16-bit fraction digits.
+DIGIT_EXPONENTS = (0, 16, 32, 48, -16, -32, -48)
 _DIGIT_BITS = 16
 _FIXED_BITS = 60  # r_i is held to 2**-60
 _INTEGER_DIGITS = 4  # the digits of the integer part, modulo 2**60
@@ -108,7 +108,7 @@ def _integer_digits(xp: Any, positions: Any) -> tuple[list[Any], Any | None]:
 
 def _real_digits(xp: Any, positions: Any) -> tuple[list[Any], Any, Any]:
     """(digits, sign, finite) of float positions, split exactly in their own dtype: int32 digits of
-    floor(|m|) modulo 2**60 and of its fraction to 2**-32, the sign as int32, and where m is finite
+    floor(|m|) modulo 2**60 and of its fraction to 2**-48, the sign as int32, and where m is finite
     (non-finite positions are split as 0)."""
     finite = xp.isfinite(positions)
     value = xp.where(finite, positions, xp.zeros_like(positions))

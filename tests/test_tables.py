@@ -189,6 +189,19 @@ def test_exact_turns_within_bound(namespace: str, kind: str, head_dim: int, w: f
 
 
 @pytest.mark.parametrize("namespace", list(NAMESPACES))
+@pytest.mark.parametrize(("head_dim", "w"), [(1024, 1e-3), (256, 1e-4)])
+def test_exact_turns_real_positions_when_pairs_turn_fast(namespace: str, head_dim: int, w: float) -> None:
+    """max_wavelength < 1: pairs turn up to hundreds of times per unit position (r_i up to about
+    2**12 here), so a real position's fraction is needed far below 2**-32; within the bound at
+    float64 positions with full 52-bit fractions (SPEC.md §8: the fraction to 2**-48)."""
+    rng = np.random.default_rng(head_dim)
+    positions = np.concatenate([rng.uniform(-3, 3, 200), rng.uniform(-5000, 5000, 100), [1 - 2.0**-52, 2.0**-45]])
+    exact = exact_tables(positions, _true_revolutions(head_dim, w, 1.0))
+    assert max(_true_revolutions(head_dim, w, 1.0)) >> _BITS >= 2**7  # the pairs that turn fast are there
+    assert max_error(exact_turns(namespace, positions, head_dim, w, 1.0), exact) <= EXACT_TURNS_BOUND
+
+
+@pytest.mark.parametrize("namespace", list(NAMESPACES))
 @pytest.mark.parametrize("kind", ["int32", "uint32", "int64", "uint64", "float32", "float64"])
 def test_exact_turns_reduce_exactly_at_any_position(namespace: str, kind: str) -> None:
     """Beyond 2**24, up to each dtype's limits: the reduction of m r^_i modulo one turn is exact (the
