@@ -62,7 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("P_ROPE_IMPL"),
         help="module:function or path/to/file.py:function (default: P_ROPE_IMPL)",
     )
-    check.add_argument("--framework", choices=("auto", "numpy", "jax", "torch"), default="auto")
+    check.add_argument(
+        "--framework",
+        choices=("auto", "numpy", "jax", "torch", "keras"),
+        default="auto",
+        help="array library (default: detected; keras: Keras 3 code on KERAS_BACKEND's arrays, --autocast as "
+        "Keras's mixed policy)",
+    )
     check.add_argument(
         "--convention",
         "--signature",
@@ -91,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--timeout", type=float, default=60.0, help="seconds one case may take (default 60)")
     check.add_argument("--compile", action="store_true", help="torch.compile / jax.jit around the callable")
-    check.add_argument("--autocast", choices=("bf16", "bfloat16", "f16", "float16"), help="run under torch autocast")
+    check.add_argument("--autocast", choices=("bf16", "bfloat16", "f16", "float16"), help="run under torch autocast, or Keras's mixed policy for Keras code")
     check.add_argument(
         "--errors", action="store_true", help="also feed SPEC.md section 9's invalid arguments (informative)"
     )
