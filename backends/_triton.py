@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 from p_rope._params import TableSpec, frequency_values, revolution_chunks
-from p_rope.backends._torch_tables import torch_tables
+from p_rope.backends._torch_tables import constant_tensor, torch_tables
 
 try:  # optional dependency (the "triton" extra)
     import triton
@@ -104,19 +104,6 @@ def _pair_constants(
     """((fh_0..fh_{R-1}, fl_0..fl_{R-1}), (freq_0..freq_{R-1})): F_i = fh_i 2**30 + fl_i is r_i to
     2**-60 in 60-bit fixed point (None where some r_i >= 1); freq_i the float64 angular frequencies."""
     return _pair_constants_cached(head_dim, max_wavelength, pairs, scale_factor)
-
-
-@functools.lru_cache(maxsize=256)
-def _device_constant(values: tuple[Any, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    with torch.inference_mode(False):
-        return torch.tensor(values, dtype=dtype, device=device)
-
-
-def _constant(values: tuple[Any, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small constant tensor on device: cached in eager mode, a graph constant when compiling."""
-    if torch.compiler.is_compiling():
-        return torch.tensor(values, dtype=dtype, device=device)
-    return _device_constant(values, dtype, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,12 +625,12 @@ def fused_apply(
     """
     halves, freq = _pair_constants(head_dim, max_wavelength, pairs, scale_factor)
     if x.dtype == torch.float64:
-        constants = _constant(freq, torch.float64, x.device)
+        constants = constant_tensor(freq, torch.float64, x.device)
     elif halves is None:  # some r_i >= 1: the exact reduction's tables, read by the same kernel
         cos, sin = torch_tables(positions, TableSpec(head_dim, max_wavelength, pairs, scale_factor, "float32"))
         return fused_apply_tables(x, cos, sin, pairing, seq_axis, in_place=in_place)
     else:
-        constants = _constant(halves, torch.int64, x.device)
+        constants = constant_tensor(halves, torch.int64, x.device)
     if not in_place:
         return torch.ops.p_rope.rotate_at(x, positions, constants, pairing, seq_axis, False)
     if torch.is_grad_enabled() and x.requires_grad:

@@ -30,7 +30,7 @@ torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
 from p_rope import reference  # noqa: E402
-from p_rope.backends import _triton  # noqa: E402
+from p_rope.backends import _torch_tables, _triton  # noqa: E402
 from p_rope.backends import torch as torch_backend  # noqa: E402
 
 _CHILD_FLAG = "P_ROPE_TRITON_INTERPRETER_CHILD"
@@ -351,7 +351,7 @@ def test_registered_ops_pass_opcheck(device: str) -> None:
     rng = np.random.default_rng(12)
     x = _tensor(normal(rng, (2, 3, 2, 16), "float32"), device).requires_grad_(True)
     positions = _tensor(integer_positions(rng, (2, 3)), device)
-    constants = _triton._constant(_triton._pair_constants(16, 1e4, 4, 1.0)[0], torch.int64, x.device)
+    constants = _torch_tables.constant_tensor(_triton._pair_constants(16, 1e4, 4, 1.0)[0], torch.int64, x.device)
     utils = None if device == "cuda" else ("test_schema", "test_autograd_registration", "test_faketensor")
     kwargs = {} if utils is None else {"test_utils": utils}
     torch.library.opcheck(torch.ops.p_rope.rotate_at, (x, positions, constants, "split_half", -3, False), **kwargs)

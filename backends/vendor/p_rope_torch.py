@@ -1130,7 +1130,7 @@ def _device_constant(values: tuple[Any, ...], dtype: torch.dtype, device: torch.
         return torch.tensor(values, dtype=dtype, device=device)
 
 
-def _constant(values: tuple[Any, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def constant_tensor(values: tuple[Any, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A small constant tensor on device: cached in eager mode, a graph constant when compiling."""
     if torch.compiler.is_compiling():
         return torch.tensor(values, dtype=dtype, device=device)
@@ -1156,12 +1156,12 @@ def torch_tables(positions: torch.Tensor, spec: TableSpec) -> RopeTables:
     constants = _constants(spec.head_dim, spec.max_wavelength, spec.pairs, spec.scale_factor)
     device = positions.device
     if spec.dtype == "float64":
-        angle = positions.to(torch.float64)[..., None] * _constant(constants.freq, torch.float64, device)
+        angle = positions.to(torch.float64)[..., None] * constant_tensor(constants.freq, torch.float64, device)
         return RopeTables(torch.cos(angle), torch.sin(angle))
     if device.type in FLOAT64_TABLE_DEVICES and spec.max_wavelength >= 1.0:
-        return _float64_turns_in_pieces(positions, _constant(constants.revolutions, torch.float64, device))
-    heads = _constant(constants.heads, torch.int32, device)
-    return exact_turn_tables(xp, positions, (heads, _constant(constants.tails, torch.float32, device)))
+        return _float64_turns_in_pieces(positions, constant_tensor(constants.revolutions, torch.float64, device))
+    heads = constant_tensor(constants.heads, torch.int32, device)
+    return exact_turn_tables(xp, positions, (heads, constant_tensor(constants.tails, torch.float32, device)))
 
 
 # ==============================================================================================
