@@ -19,6 +19,7 @@ Shape letters: B... batch axes, L sequence, N heads, H head_dim, R rotated pairs
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from p_rope._params import (  # vendor: inline
     NotAnArray,
     RopeTables,
     TableSpec,
+    block_budget,
     block_of,
     check_table_dtype,
     check_x64_positions,
@@ -227,7 +229,8 @@ def _bit_rotation(pairing: str, seq_axis: int) -> Callable[[Any, Any, Any], Any]
 # ---------------------------------------------------------------------------------------------
 # rotation in blocks (mutable arrays): temporaries bounded by the block, whatever the input size
 
-BLOCK_BYTES = 1 << 19  # bytes of one rotated lane, in the computation dtype, per block
+BLOCK_BYTES = 1 << 19  # bytes of one rotated lane, in the computation dtype, per block (at most)
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
 def token_view(xp: Any, array: Any, rank: int, seq_axis: int, trailing: int) -> Any:
@@ -245,7 +248,8 @@ def rotate_into(
         return
     first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
     width = 8 if compute == xp.float64 else 4
-    for index in token_blocks((*x.shape[:-1], pairs), width, BLOCK_BYTES):
+    size = math.prod(x.shape) * _ITEMSIZE[dtype_name(x.dtype)]
+    for index in token_blocks((*x.shape[:-1], pairs), width, block_budget(BLOCK_BYTES, size)):
         cos, sin = block_tables(index)
         o1, o2 = rotate_pairs(
             xp.astype(x[(*index, ..., first)], compute), xp.astype(x[(*index, ..., second)], compute), cos, sin

@@ -53,11 +53,15 @@ def _rotate_lanes(
 ) -> None:
     """(o1, o2) = (x1 c - d x2 s, x2 c + d x1 s), d = +-1, computed in the tables' dtype and rounded
     once to o1's; (o1, o2) may be (x1, x2) themselves (in place)."""
-    if o1.dtype != c.dtype:  # a wider computation dtype: both lanes computed, each rounded once
+    if o1.dtype != c.dtype:  # a wider computation dtype: each lane computed there, rounded once
         first = torch.mul(x1, c).addcmul_(x2, s, value=-d)
-        second = torch.mul(x2, c).addcmul_(x1, s, value=d)
-        o1.copy_(first)
-        o2.copy_(second)
+        if o1 is x1:  # in place: x1 is still read by the second lane
+            second = torch.mul(x2, c).addcmul_(x1, s, value=d)
+            o1.copy_(first)
+            o2.copy_(second)
+        else:  # one temporary lane, reused
+            o1.copy_(first)
+            o2.copy_(torch.mul(x2, c, out=first).addcmul_(x1, s, value=d))
     elif o1 is x1:  # in place: x1 is still read by the second lane
         first = torch.mul(x1, c).addcmul_(x2, s, value=-d)
         x2.mul_(c).addcmul_(x1, s, value=d)
@@ -75,19 +79,23 @@ def _rotate(
         return rotate(xp, x, RopeTables(cos, sin if direction > 0 else -sin), pairing, seq_axis)
     pairs = cos.shape[-1]
     copy = 2 * pairs < x.shape[-1]  # NoPE lanes, copied with the rest
-    small = x.numel() * x.element_size() <= CHUNK_BYTES
+    size = x.numel() * x.element_size()
+    small = size <= CHUNK_BYTES
     out = x.clone() if copy and small else empty_like(x)
     if not pairs:
         return out if small else out.copy_(x)
     (x1, x2), (o1, o2) = _lanes(x, pairs, pairing), _lanes(out, pairs, pairing)
     c, s = _table_view(cos, seq_axis), _table_view(sin, seq_axis)
-    if small:
+    if small and cos.dtype == x.dtype:
         _rotate_lanes(x1, x2, c, s, o1, o2, direction)
         return out
-    whole = (x, out) if copy else ()
+    # a wider computation dtype holds two temporary lanes (the product, and the other lane widened
+    # by addcmul_), each as large as a 16-bit chunk: small inputs go in four chunks, so that output
+    # and temporaries stay within twice the input
+    whole = (x, out) if copy and not small else ()
     pieces = ((t, seq_axis) for t in (*whole, x1, x2, c, s, o1, o2))
-    for block in chunks(x, seq_axis, x.dim() > 3, CHUNK_BYTES, *pieces):
-        if copy:
+    for block in chunks(x, seq_axis, x.dim() > 3, CHUNK_BYTES if not small else max(1, size // 4), *pieces):
+        if whole:
             block[1].copy_(block[0])
         b1, b2, bc, bs, b3, b4 = block[-6:]
         _rotate_lanes(b1, b2, bc, bs, b3, b4, direction)

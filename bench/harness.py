@@ -202,13 +202,14 @@ def _joined(note: str, addition: str) -> str:
 
 
 def torch_cpu_peak(call: Callable[[], Any]) -> int:
-    """Peak bytes of one call from the CPU allocator's events (``torch.profiler``), in time order."""
+    """Peak bytes of one call from the CPU allocator's events (``torch.profiler``): every allocation
+    and free, in time order (an operator's own temporaries included, which its net memory hides)."""
     import torch.profiler
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         out = call()  # held until the profile ends: its memory counts, its release does not
     del out
-    events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     held = peak = 0
     for _, change in events:
         held += change

@@ -541,6 +541,17 @@ def check_apply_tables(
     return Layout(pairing_, seq_axis_, pairs, dtype)
 
 
+MIN_BLOCK_BYTES = 1 << 14
+
+
+def block_budget(cap: int, input_bytes: int) -> int:
+    """The bytes of one rotated lane per block (token_blocks' budget) for inputs of input_bytes: cap,
+    or a tenth of the input where that is smaller, so that a block's temporaries (about six lanes of
+    it) stay within the input's size and an out-of-place call holds at most about twice the input,
+    its output included; never below MIN_BLOCK_BYTES (tiny inputs are one block)."""
+    return min(cap, max(MIN_BLOCK_BYTES, input_bytes // 10))
+
+
 def token_blocks(shape: tuple[int, ...], bytes_per_element: int, budget: int) -> list[tuple[Any, ...]]:
     """Index tuples (ints for the leading axes, then one slice) that cut an array of ``shape`` into
     blocks of about ``budget`` bytes at ``bytes_per_element`` bytes per element, its last axis kept

@@ -161,7 +161,7 @@ def _rotate_into(out: np.ndarray, inputs: np.ndarray, pairs: int, pairing: str, 
     if pairs == 0:
         return
     first, second = _lanes(inputs.shape[-1], pairs, pairing)
-    for index in P.token_blocks((*inputs.shape[:-1], pairs), 8, _BLOCK_BYTES):
+    for index in P.token_blocks((*inputs.shape[:-1], pairs), 8, P.block_budget(_BLOCK_BYTES, inputs.nbytes)):
         cos, sin = block_tables(index)
         block = inputs[index]
         with np.errstate(invalid="ignore", over="ignore"):  # IEEE arithmetic on inf and NaN (SPEC.md §6)

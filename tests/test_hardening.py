@@ -452,6 +452,33 @@ def test_out_of_place_peak_memory_at_most_twice_the_input(impl_name: str, dtype:
     assert peak >= x_np.nbytes  # the output itself: the measurement sees the allocations
 
 
+@pytest.mark.parametrize(
+    ("impl_name", "dtype"),
+    [
+        ("reference", "float32"),
+        ("reference", "bfloat16"),
+        ("array_api:numpy", "float32"),
+        ("array_api:torch", "float32"),
+        ("torch", "float32"),
+        ("torch", "bfloat16"),
+    ],
+)
+@pytest.mark.parametrize("shape", [(32, 1, 32, 128), (32, 1, 8, 512)], ids=["llama-decode", "gemma4-decode"])
+def test_decode_peak_memory_at_most_twice_the_input(impl_name: str, dtype: str, shape: tuple[int, ...]) -> None:
+    """Small inputs too (a decode step: 256-512 KiB): blocks scale down with the input, and a wider
+    computation dtype goes in chunks, so output plus temporaries stay within 2x the input."""
+    impl = _make(impl_name)
+    head_dim = shape[-1]
+    x_np = np.ones(shape, dtype=ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32)
+    x, positions = impl.native(x_np), impl.native(np.arange(32)[:, None] + 5000)
+    call = lambda: impl.module.apply_p_rope(x, positions, head_dim, 1e4, 1.0)
+    call()  # per-parameter constants are cached on the first call: not per-call memory
+    measure = _torch_peak_bytes if impl.library == "torch" else _numpy_peak_bytes
+    peak = measure(call)
+    assert peak <= 2 * x_np.nbytes, f"peak {peak / x_np.nbytes:.2f}x the input"
+    assert peak >= x_np.nbytes
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
 @pytest.mark.parametrize(("pairing", "seq_axis"), [("split_half", -3), ("interleaved", -2)])
 def test_reference_blocks_leave_every_bit_unchanged(

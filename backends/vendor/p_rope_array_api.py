@@ -532,6 +532,17 @@ def check_apply_tables(
     return Layout(pairing_, seq_axis_, pairs, dtype)
 
 
+MIN_BLOCK_BYTES = 1 << 14
+
+
+def block_budget(cap: int, input_bytes: int) -> int:
+    """The bytes of one rotated lane per block (token_blocks' budget) for inputs of input_bytes: cap,
+    or a tenth of the input where that is smaller, so that a block's temporaries (about six lanes of
+    it) stay within the input's size and an out-of-place call holds at most about twice the input,
+    its output included; never below MIN_BLOCK_BYTES (tiny inputs are one block)."""
+    return min(cap, max(MIN_BLOCK_BYTES, input_bytes // 10))
+
+
 def token_blocks(shape: tuple[int, ...], bytes_per_element: int, budget: int) -> list[tuple[Any, ...]]:
     """Index tuples (ints for the leading axes, then one slice) that cut an array of ``shape`` into
     blocks of about ``budget`` bytes at ``bytes_per_element`` bytes per element, its last axis kept
@@ -967,7 +978,8 @@ def _bit_rotation(pairing: str, seq_axis: int) -> Callable[[Any, Any, Any], Any]
     return bits
 
 
-BLOCK_BYTES = 1 << 19  # bytes of one rotated lane, in the computation dtype, per block
+BLOCK_BYTES = 1 << 19  # bytes of one rotated lane, in the computation dtype, per block (at most)
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
 
 def token_view(xp: Any, array: Any, rank: int, seq_axis: int, trailing: int) -> Any:
@@ -985,7 +997,8 @@ def rotate_into(
         return
     first, second = rotated_lane_slices(x.shape[-1], pairs, pairing)
     width = 8 if compute == xp.float64 else 4
-    for index in token_blocks((*x.shape[:-1], pairs), width, BLOCK_BYTES):
+    size = math.prod(x.shape) * _ITEMSIZE[dtype_name(x.dtype)]
+    for index in token_blocks((*x.shape[:-1], pairs), width, block_budget(BLOCK_BYTES, size)):
         cos, sin = block_tables(index)
         o1, o2 = rotate_pairs(
             xp.astype(x[(*index, ..., first)], compute), xp.astype(x[(*index, ..., second)], compute), cos, sin
