@@ -180,10 +180,38 @@ def _own_fusion_on_cpu(fn: Any, witness: jax.Array, *args: Any) -> Any:
     return lax.platform_dependent(*args, cpu=on_cpu, default=fn)
 
 
+_SMALL_TABLE_ENTRIES = 1 << 16  # up to this many entries per table: undivided on XLA:CPU
+
+
+def _undivided_tables(positions: jax.Array, spec: TableSpec) -> jax.Array:
+    """The tables stacked as [2, ..., L, R], written by one undivided XLA:CPU loop.
+
+    XLA:CPU splits a large enough elementwise loop over its threads, which on small tables (decode)
+    costs several times the work. A loop whose root is a dynamic-update-slice is never split, so the
+    stacked tables are written into a buffer one table larger at a start index that is 0 at run
+    time but not a compile-time constant (a constant one would turn it into a pad, which is split).
+    """
+    stacked = jnp.stack(_build_tables(positions, spec))
+    first = positions.reshape(-1)[0]
+    start = jnp.minimum((first != jnp.asarray(7, first.dtype)).astype(jnp.int32), 0)
+    buffer = jnp.zeros((3, *stacked.shape[1:]), stacked.dtype)
+    return lax.dynamic_update_slice_in_dim(buffer, stacked, start, axis=0)
+
+
+def _tables_on_cpu(positions: jax.Array, spec: TableSpec) -> RopeTables:
+    stacked = _own_fusion_on_cpu(functools.partial(_undivided_tables, spec=spec), positions, positions)
+    return RopeTables(stacked[0], stacked[1])
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _tables(positions: jax.Array, spec: TableSpec) -> RopeTables:
-    """The [..., L, R] tables, built once per call (on CPU in their own fusion: _own_fusion_on_cpu)."""
-    return _own_fusion_on_cpu(functools.partial(_build_tables, spec=spec), positions, positions)
+    """The [..., L, R] tables, built once per call (on CPU in their own fusion: _own_fusion_on_cpu;
+    small ones in one undivided loop: _undivided_tables)."""
+    if not 0 < positions.size * spec.pairs <= _SMALL_TABLE_ENTRIES:
+        return _own_fusion_on_cpu(functools.partial(_build_tables, spec=spec), positions, positions)
+    return lax.platform_dependent(
+        positions, cpu=functools.partial(_tables_on_cpu, spec=spec), default=functools.partial(_build_tables, spec=spec)
+    )
 
 
 @_tables.defjvp
