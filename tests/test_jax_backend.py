@@ -538,6 +538,21 @@ def test_errors_under_jit(name: str, args: tuple[Any, ...], kwargs: dict[str, An
         traced(inputs, positions)
 
 
+@pytest.mark.parametrize("head_dim", [8.0, True, np.float64(8.0)])
+def test_memoized_checks_keep_the_errors(head_dim: object) -> None:
+    """The backend memoizes its checks on the arguments and their types: a value equal to one that
+    passed (8.0 == True * 8 == 8) still raises the reference's error, and unhashable arguments are
+    checked unmemoized."""
+    x, positions = jnp.zeros((2, 3, 1, 8)), jnp.arange(6).reshape(2, 3)
+    pj.apply_p_rope(x, positions, 8)
+    expected = reference_error("apply_p_rope", (np.zeros((2, 3, 1, 8)), np.arange(6).reshape(2, 3), head_dim), {})
+    with pytest.raises(type(expected), match=re.escape(str(expected))):
+        pj.apply_p_rope(x, positions, head_dim)
+    expected = reference_error("apply_p_rope", (np.zeros((2, 3, 1, 8)), np.arange(6).reshape(2, 3), 8), {"pairing": []})
+    with pytest.raises(type(expected), match=re.escape(str(expected))):
+        pj.apply_p_rope(x, positions, 8, pairing=[])  # type: ignore[arg-type]
+
+
 def test_backend_specific_errors() -> None:
     """SPEC.md §9, backend-specific rows: non-arrays, float64 without x64; and no in-place variant."""
     x = jnp.zeros((1, 3, 2, 4))

@@ -817,18 +817,52 @@ def _is_array(value: object) -> bool:
     return isinstance(value, jax.Array) or (hasattr(value, "shape") and hasattr(value, "dtype"))
 
 
+@functools.lru_cache(maxsize=64)
+def _dtype_name(dtype: Any) -> str:
+    """dtype_name, memoized per dtype (reading a NumPy dtype's name costs more than the lookup)."""
+    return dtype_name(dtype)
+
+
+def _dtype_name_of(value: Any) -> str:
+    try:
+        return _dtype_name(value.dtype)
+    except TypeError:  # an unhashable dtype of a foreign array
+        return dtype_name(value.dtype)
+
+
+def _memoized(check: Any) -> Any:
+    """check(*args), memoized on its arguments and their types where they are all hashable (the
+    checks are pure functions of metadata and Python values; raised errors are never memoized)."""
+    cached = functools.lru_cache(maxsize=256, typed=True)(check)
+
+    @functools.wraps(check)
+    def memoized(*args: Any) -> Any:
+        try:
+            hash(args)
+        except TypeError:
+            return check(*args)
+        return cached(*args)
+
+    return memoized
+
+
+_check_call = _memoized(check_call)
+_check_qk_call = _memoized(check_qk_call)
+_check_apply_tables = _memoized(check_apply_tables)
+
+
 def _meta(value: Any) -> ArrayMeta | NotAnArray:
     """The metadata the checks read: dtype name, shape, and the devices of a concrete jax.Array."""
     if not _is_array(value):
         return NotAnArray(type(value).__name__)
     concrete = isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
     devices = frozenset(value.devices()) if concrete else None
-    return ArrayMeta(dtype_name(value.dtype), tuple(value.shape), devices)
+    return ArrayMeta(_dtype_name_of(value), tuple(value.shape), devices)
 
 
 def _positions_meta(positions: object) -> ArrayMeta | BadPositions:
     if isinstance(positions, jax.Array):
-        return ArrayMeta(dtype_name(positions.dtype), tuple(positions.shape))
+        return ArrayMeta(_dtype_name_of(positions), tuple(positions.shape))
     if _is_array(positions):
         array = np.asarray(positions)
         return ArrayMeta(array.dtype.name, array.shape)
@@ -1148,7 +1182,7 @@ def apply_p_rope_tables(
     """Rotate inputs [B..., L, N, H] (or [B..., N, L, H] with seq_axis=-2) by precomputed tables."""
     check_tables_type(tables)
     cos, sin = (t if _is_array(t) else np.asarray(t) for t in tables)
-    layout = check_apply_tables(_meta(inputs), _meta(cos), _meta(sin), pairing, seq_axis)
+    layout = _check_apply_tables(_meta(inputs), _meta(cos), _meta(sin), pairing, seq_axis)
     inputs = _jax_array(inputs, "inputs")
     cos, sin = (t if isinstance(t, jax.Array) else jnp.asarray(t) for t in (cos, sin))
     if not isinstance(inputs, jax.core.Tracer):
@@ -1171,7 +1205,7 @@ def apply_p_rope(
     """p-RoPE of inputs [B..., L, N, H] (seq_axis=-3) or [B..., N, L, H] (seq_axis=-2) at positions
     broadcastable to [B..., L]; a new array of the input's dtype, shape and sharding."""
     meta = _positions_meta(positions)
-    params = check_call(
+    params = _check_call(
         _meta(inputs), meta, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
     inputs_ = _jax_array(inputs, "inputs")
@@ -1195,7 +1229,7 @@ def apply_p_rope_qk(
 ) -> tuple[jax.Array, jax.Array]:
     """apply_p_rope of q and of k (heads may differ; batch axes and L may not), one table build."""
     meta = _positions_meta(positions)
-    params: CallParams = check_qk_call(
+    params: CallParams = _check_qk_call(
         _meta(q),
         _meta(k),
         meta,
