@@ -29,14 +29,16 @@ import numpy as np
 from p_rope._params import SPEC_VERSION
 
 from .cases import DTYPES, Case, Positions, check_cases
-from .conventions import CONVENTIONS, detect_convention, make_target
+from .conventions import CONVENTIONS, KerasTarget, detect_convention, make_target
 from .diagnose import _unsupported, cause
 from .execute import INVALID_CALLS, CaseResult, execute, finite_json
 from .frameworks import Framework, KerasPolicy, framework, uses_keras
 from .harness import Watchdog, deadline
-from .repro import call_options, describe_result, script, shrink_candidates, shrink_head
+from .repro import call_options, describe_result, keras_layer, script, shrink_candidates, shrink_head
 from .run import LEVEL_ORDER, aggregate
 from .targets import OUR_KEYWORDS, SIGNATURES, CallableTarget, ImplementationError, UsageError, load_callable
+
+REPRODUCIBLE = (*SIGNATURES, "keras")  # the conventions check writes reproducers for
 
 GRADE_NAMES = {"strict": "STRICT", "conformant": "CONFORMANT", "fail": "NOT CONFORMANT"}
 
@@ -316,7 +318,7 @@ def check(
                 outcome.mistakes[dtype] = [m.name for m in mistakes]
     if errors:
         outcome.errors = error_cases(target, timeout)
-    if repro_level is not None and signature in SIGNATURES:
+    if repro_level is not None and signature in REPRODUCIBLE:
         for result in outcome.failures(repro_level)[:max_reproducers]:
             if result.raised is not None and "did not return" in result.raised:
                 continue
@@ -425,6 +427,8 @@ def reproduce(
         case, arrays.inputs, arrays.positions, tuple(focus[: arrays.inputs.ndim - 1])
     ):
         sub = dataclasses.replace(case, shape=x.shape, positions=dataclasses.replace(case.positions, form="full"))
+        if target.supports(sub) is not None:
+            continue
         sub_arrays = dataclasses.replace(arrays, inputs=x, positions=positions)
         sub_result = execute(target, sub, sub_arrays, timeout=timeout)
         if not sub_result.passed(level):
@@ -434,6 +438,8 @@ def reproduce(
         chosen = (case, arrays.inputs, arrays.positions, result)
     sub, x, positions, sub_result = chosen
     for smaller, x_small in shrink_head(sub, x):  # the smallest head dimension that still fails
+        if target.supports(smaller) is not None:
+            continue
         small_arrays = dataclasses.replace(arrays, inputs=x_small, positions=positions)
         small_result = execute(target, smaller, small_arrays, timeout=timeout)
         if not small_result.passed(level):
@@ -442,6 +448,14 @@ def reproduce(
     observed = describe_result(sub_result, level)
     options = (" --compile" if target.compile else "") + (f" --autocast {target.autocast}" if target.autocast else "")
     keras_backend = fw.backend if isinstance(fw, KerasPolicy) else None
+    setup = ""
+    if isinstance(target, KerasTarget):  # the layer built and called as the check did, for the shrunk case
+        positions_name, keywords = target.call_arguments(sub, x.shape)
+        method = getattr(target.function, "__name__", None) if target.method else None
+        constructor = target.constructor_arguments(sub)
+        import_statement, setup = keras_layer(
+            import_statement, method=method, constructor=constructor, positions=positions_name, keywords=keywords
+        )
     text = script(
         sub,
         x,
@@ -454,6 +468,7 @@ def reproduce(
         impl=impl + options,
         observed=observed,
         options=call_options(fw.name, autocast=target.autocast, compile=target.compile, keras_backend=keras_backend),
+        setup=setup,
     )
     return text, f"{x.shape}: {observed}"
 

@@ -647,17 +647,23 @@ class KerasTarget(ConventionTarget):
             return f"needs {self.autocast} inputs (a layer under the mixed_{self.autocast} policy computes in it)"
         return None
 
+    def constructor_arguments(self, case: Case) -> dict[str, Any]:
+        """The keywords the layer is built with for ``case``: its parameters under the names the
+        constructor declares, and its dtype policy (the inputs' dtype, or the mixed policy of --autocast)."""
+        factory = self.factory
+        values = _keras_parameters(case)
+        kwargs = {name: values[ours] for name, ours in _declared(factory).items()}
+        if inspect.isclass(factory) or _accepts(factory, "dtype"):  # a Keras layer takes its dtype policy
+            kwargs["dtype"] = f"mixed_{self.autocast}" if self.autocast is not None else case.dtype
+        return kwargs
+
     def layer(self, case: Case, shape: tuple[int, ...]) -> Any:
         """The layer at the case's parameters (built for ``shape`` when a method of it is called)."""
-        policy = f"mixed_{self.autocast}" if self.autocast is not None else case.dtype
+        kwargs = self.constructor_arguments(case)
         key = ("keras", case.head_dim, case.max_wavelength, case.rope_percentage, case.scale_factor, case.heads,
-               case.seq_axis, policy, shape if self.method else None)  # fmt: skip
+               case.seq_axis, case.dtype, shape if self.method else None)  # fmt: skip
         if key not in self._built:
             factory = self.factory
-            values = _keras_parameters(case)
-            kwargs = {name: values[ours] for name, ours in _declared(factory).items()}
-            if inspect.isclass(factory) or _accepts(factory, "dtype"):  # a Keras layer takes its dtype policy
-                kwargs["dtype"] = policy
             with self.framework.autocast(self.autocast, self.device):
                 layer = factory(**kwargs)
                 if self.method and not layer.built:
@@ -665,12 +671,18 @@ class KerasTarget(ConventionTarget):
             self._built[key] = layer
         return self._built[key]
 
+    def call_arguments(self, case: Case, shape: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
+        """The name positions are passed under and the other keywords of the call, for ``case``'s layer."""
+        function = self.function if self.method else self.layer(case, shape).call
+        assert function is not None
+        return self._call_arguments(function, skip=2 if self.method else 1)
+
     def rope(self, case: Case, shape: tuple[int, ...]) -> Callable[[Any, Any], Any]:
         """x, positions -> the layer's output: its call, or the method named on it."""
         layer = self.layer(case, shape)
         function = self.function if self.method else layer.call
         assert function is not None
-        positions, kw = self._call_arguments(function, skip=2 if self.method else 1)
+        positions, kw = self.call_arguments(case, shape)
         call = (lambda x, p: function(layer, x, **kw, **{positions: p})) if self.method else (
             lambda x, p: layer(x, **kw, **{positions: p}))  # fmt: skip
         return self.framework.compile(call) if self.compile else call

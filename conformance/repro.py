@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -137,6 +138,30 @@ def impl(*args, **kwargs):  # under torch.autocast, as check --autocast ran it
 """
 
 
+def keras_layer(
+    import_statement: str, *, method: str | None, constructor: dict[str, Any], positions: str, keywords: dict[str, Any]
+) -> tuple[str, str]:
+    """The keras convention as reproducer source: (the import statement, binding ``Layer`` to the layer
+    class instead of ``impl``; lines that build the layer with the constructor keywords the check passed
+    and rebind ``impl`` to ``x, positions -> output``, called as the check called it)."""
+    lines = import_statement.rstrip("\n").split("\n")
+    if lines[-1].startswith("impl = "):
+        expr = lines[-1].removeprefix("impl = ")
+        lines[-1] = "Layer = " + (expr.removesuffix("." + method) if method else expr)
+    arguments = ", ".join(f"{k}={v!r}" for k, v in constructor.items())
+    source = f"layer = Layer({arguments})  # as check built it for this case\n"
+    if len(source) > 120:  # wrapped within 120 columns
+        wrapped = textwrap.fill(arguments + ")", 116, initial_indent="    ", subsequent_indent="    ")
+        source = f"layer = Layer(  # as check built it for this case\n{wrapped}\n"
+    call = "".join(f"{k}={v!r}, " for k, v in keywords.items()) + f"{positions}=p"
+    if method:
+        source += "layer.built or layer.build(x.shape)  # for the inputs' shape, as check did\n"
+        source += f"impl = lambda v, p: Layer.{method}(layer, v, {call})"
+    else:
+        source += f"impl = lambda v, p: layer(v, {call})"
+    return "\n".join(lines) + "\n", source + "  # noqa: E731\n"
+
+
 def call_options(
     framework: str, *, autocast: str | None = None, compile: bool = False, keras_backend: str | None = None
 ) -> tuple[str, str]:
@@ -144,7 +169,7 @@ def call_options(
     statement, lines after the parameters that rebind ``impl``). Keras code gets its backend before it
     is imported; --autocast becomes Keras's mixed policy or torch.autocast around each call;
     --compile, torch.compile (JAX reproducers call eagerly)."""
-    before = f'import os\n\nos.environ.setdefault("KERAS_BACKEND", {keras_backend!r})\n' if keras_backend else ""
+    before = f'import os\nos.environ.setdefault("KERAS_BACKEND", {keras_backend!r})\n' if keras_backend else ""
     after = ""
     if compile and framework == "torch":
         after += "import torch\n\nimpl = torch.compile(impl)  # as check --compile ran it\n"
@@ -166,13 +191,21 @@ def script(
     impl: str,
     observed: str,
     options: tuple[str, str] = ("", ""),
+    setup: str = "",
 ) -> str:
     """The text of a standalone reproducer for ``case`` with the given (shrunk) arrays; ``options``:
-    call_options' source around the implementation."""
+    call_options' source around the implementation; ``setup``: source after the arrays that rebinds
+    ``impl`` to ``x, positions -> output`` (a convention's call, e.g. keras_layer's), the call then
+    passing only those two."""
     needs_ml = x.dtype.name == "bfloat16"
-    needs = ", ".join(["numpy"] + (["ml_dtypes"] if needs_ml else []) + ([framework] if framework != "numpy" else []))
+    extra = ["keras"] if signature == "keras" else []
+    needs = ", ".join(
+        ["numpy"] + (["ml_dtypes"] if needs_ml else []) + extra + ([framework] if framework != "numpy" else [])
+    )
     kw = case.keywords()
-    if signature == "gemma":
+    if setup:
+        call_args = ""
+    elif signature == "gemma":
         call_args = ", base_frequency=W, rope_proportion=P" + (", scale_factor=SCALE" if "scale_factor" in kw else "")
     else:
         names = {"scale_factor": "SCALE", "pairing": "PAIRING", "seq_axis": "SEQ_AXIS", "rotated_pairs": "R"}
@@ -206,6 +239,7 @@ Run: python this_file.py   (needs {needs})
         header,
         options[0] + "import numpy as np\n" + ("import ml_dtypes\n" if needs_ml else "") + import_statement,
         params + "\n" + _array_source("x", x) + _array_source("positions", positions),
+        *([setup] if setup else []),
         *([options[1]] if options[1] else []),
         call,
         _CHECK.format(level=level, bound_line=bound_line, range_line=range_line),

@@ -231,3 +231,95 @@ class TakesNoPositions(PRopeLayer):
 def test_keras_layer_the_convention_cannot_call_is_a_usage_error(layer, message, capsys):
     assert main(["check", "--impl", f"{__file__}:{layer}", "--dtype", "float32"]) == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproducers of the keras convention: the layer built with the keywords the check passed, called
+# the same way, graded by the script's own float64 reference
+
+
+class Bf16PositionsLayer(PRopeLayer):
+    """Positions rounded to bfloat16 before the frequency product (keras-hub's bf16 finding)."""
+
+    def call(self, inputs, positions):
+        positions = ops.cast(ops.cast(positions, "bfloat16"), "float32")
+        return super().call(inputs, positions)
+
+
+class ClampedAttention(keras.layers.Layer):
+    """An attention layer whose own rope method clamps the width (named as ``ClampedAttention._apply_rope``)."""
+
+    def __init__(self, head_dim, num_query_heads, rope_wavelength=10_000.0, rope_partial_rotary_factor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.inv = _inv_freq(head_dim, rope_wavelength, rope_partial_rotary_factor, clamp=True)
+        self.heads = num_query_heads
+
+    def _apply_rope(self, x, start_index, positions):
+        assert x.shape[-2] == self.heads, "built for another number of heads"
+        return _rotate(x, ops.cast(positions + start_index, "float32")[..., None] * ops.convert_to_tensor(self.inv))
+
+
+def _reproducer(name: str, case: str, dtype: str) -> str:
+    from p_rope.conformance.targets import load_callable
+
+    function, statement = load_callable(f"{__file__}:{name}")
+    outcome = check(function, import_statement=statement, dtypes=(dtype,), names=(case,), max_reproducers=1)
+    assert outcome.signature == "keras" and outcome.grade == "fail", outcome.causes
+    (text,) = outcome.reproducers.values()
+    assert outcome.repro_notes[f"apply/{dtype}/{case}"].startswith("(1, 1, 1, ")  # one token of one head
+    return text
+
+
+def _run(text: str, tmp_path) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    path = tmp_path / "repro.py"
+    path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # the script sets its own
+    run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=300)
+    return run.returncode, run.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "case", "dtype", "message"),
+    [
+        ("ClampedPRopeLayer", "p0-identity", "float32", "NoPE lanes are not bit-identical"),
+        ("Bf16PositionsLayer", "gemma4-global-kv", "bfloat16", "x the conformant bound"),
+    ],
+)
+def test_keras_reproducer_fails_on_its_own_and_passes_on_the_fixed_layer(name, case, dtype, message, tmp_path):
+    """The script builds the layer class named with the constructor keywords the check passed (the
+    shrunk case's, dtype policy included) and exits 1 on its own; the same script with the correct
+    layer (PRopeLayer) in its place exits 0."""
+    text = _reproducer(name, case, dtype)
+    assert f"Layer = _module.{name}\n" in text and "rope_partial_rotary_factor=" in text
+    assert f"dtype={dtype!r}" in text and f'"KERAS_BACKEND", {keras.backend.backend()!r}' in text
+    assert len(text.splitlines()) <= 60, text  # about 50 lines; importing a file by path takes five more
+    rc, err = _run(text, tmp_path)
+    assert rc == 1 and message in err, err[-2000:]
+    rc, err = _run(text.replace(f"Layer = _module.{name}\n", "Layer = _module.PRopeLayer\n"), tmp_path)
+    assert rc == 0, err[-2000:]
+
+
+def test_keras_reproducer_of_a_method_builds_its_layer_and_calls_the_method(tmp_path):
+    text = _reproducer("ClampedAttention._apply_rope", "p0-identity", "float32")
+    assert "Layer = _module.ClampedAttention\n" in text and "num_query_heads=1" in text
+    assert "Layer._apply_rope(layer, v, start_index=0, positions=p)" in text
+    rc, err = _run(text, tmp_path)
+    assert rc == 1 and "NoPE lanes are not bit-identical" in err, err[-2000:]
+
+
+def test_keras_hub_gemma4_reproducer_fails_on_its_own(tmp_path):
+    """keras-hub's width clamp, as a pasteable script: Gemma4TextAttention built as the check built it,
+    its _apply_rope called, on one token of a head of 4 (the script sets KERAS_BACKEND itself)."""
+    _needs_keras_hub()
+    from p_rope.conformance.targets import load_callable
+
+    function, statement = load_callable("keras_hub.src.models.gemma4.gemma4_attention:Gemma4TextAttention._apply_rope")
+    outcome = check(function, import_statement=statement, dtypes=("float32",), names=("p0-identity",))
+    text = outcome.reproducers["apply/float32/p0-identity"]
+    assert "Layer = keras_hub.src.models.gemma4.gemma4_attention.Gemma4TextAttention\n" in text
+    assert "on (1, 1, 1, 4) inputs" in text and len(text.splitlines()) <= 54
+    rc, err = _run(text, tmp_path)
+    assert rc == 1 and "NoPE lanes are not bit-identical" in err, err[-2000:]
