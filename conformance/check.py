@@ -29,16 +29,16 @@ import numpy as np
 from p_rope._params import SPEC_VERSION
 
 from .cases import DTYPES, Case, Positions, check_cases
-from .conventions import CONVENTIONS, KerasTarget, detect_convention, make_target
+from .conventions import CONVENTIONS, HfTarget, KerasTarget, detect_convention, factory_arguments, make_target
 from .diagnose import _unsupported, cause
 from .execute import INVALID_CALLS, CaseResult, execute, finite_json
 from .frameworks import Framework, KerasPolicy, framework, uses_keras
 from .harness import Watchdog, deadline
-from .repro import call_options, describe_result, keras_layer, script, shrink_candidates, shrink_head
+from .repro import call_options, describe_result, hf_tables, keras_layer, script, shrink_candidates, shrink_head
 from .run import LEVEL_ORDER, aggregate
 from .targets import OUR_KEYWORDS, SIGNATURES, CallableTarget, ImplementationError, UsageError, load_callable
 
-REPRODUCIBLE = (*SIGNATURES, "keras")  # the conventions check writes reproducers for
+REPRODUCIBLE = (*SIGNATURES, "keras", "hf")  # the conventions check writes reproducers for
 
 GRADE_NAMES = {"strict": "STRICT", "conformant": "CONFORMANT", "fail": "NOT CONFORMANT"}
 
@@ -243,6 +243,7 @@ def check(
     max_reproducers: int = 10,
     claimed: Sequence[str] | None = None,
     rotary: Callable[..., Any] | None = None,
+    rotary_statement: str = "",
     layer_type: str = "full_attention",
     compile: bool = False,
     autocast: str | None = None,
@@ -257,8 +258,9 @@ def check(
 
     signature: the call convention ("auto": detected from the parameter names); params: a RopeParams
     whose (H, w, p, s) replace every case's; names: only the cases whose scenario name is listed (a
-    subset, for quick checks). Usage errors raise UsageError; an implementation that cannot be called
-    at all raises ImplementationError."""
+    subset, for quick checks); rotary_statement: the import statement a reproducer gets ``rotary`` by
+    (load_callable's; by default its module and name). Usage errors raise UsageError; an implementation
+    that cannot be called at all raises ImplementationError."""
     start = time.perf_counter()
     detected, keywords = detect_convention(function)
     if signature == "auto":
@@ -323,7 +325,10 @@ def check(
             if result.raised is not None and "did not return" in result.raised:
                 continue
             with watchdog.armed(f"reproducer of {result.case.id}") if watchdog else contextlib.nullcontext():
-                text, note = reproduce(target, fw, result, repro_level, impl, import_statement, timeout)
+                written = reproduce(target, fw, result, repro_level, impl, import_statement, timeout, rotary_statement)
+            if written is None:
+                continue
+            text, note = written
             outcome.reproducers[result.case.id] = text
             outcome.repro_notes[result.case.id] = note
     for result in results:
@@ -415,8 +420,10 @@ def reproduce(
     impl: str,
     import_statement: str,
     timeout: float | None = None,
-) -> tuple[str, str]:
-    """Shrink a failing case to the smallest candidate that still fails, and write its script."""
+    rotary_statement: str = "",
+) -> tuple[str, str] | None:
+    """Shrink a failing case to the smallest candidate that still fails, and write its script (None:
+    the convention's call cannot be written down, e.g. a rotary module built from arrays)."""
     case = result.case
     arrays = case.materialize()
     focus = (
@@ -456,6 +463,17 @@ def reproduce(
         import_statement, setup = keras_layer(
             import_statement, method=method, constructor=constructor, positions=positions_name, keywords=keywords
         )
+    elif isinstance(target, HfTarget):  # cos/sin as the check made them; k appended to x as the check's
+        hf = _hf_source(target, sub, positions, rotary_statement)
+        if hf is None:
+            return None
+        imports, setup, positions = hf
+        known = import_statement.splitlines()
+        import_statement += "".join(f"{line}\n" for line in imports.splitlines()
+                                    if not (line.startswith("import ") and line in known))  # fmt: skip
+        if target.q_and_k:
+            axis = -2 if sub.seq_axis == -3 else -3
+            x = np.concatenate([x, np.take(x, [x.shape[axis] - 1], axis=axis)], axis=axis)
     text = script(
         sub,
         x,
@@ -471,6 +489,39 @@ def reproduce(
         setup=setup,
     )
     return text, f"{x.shape}: {observed}"
+
+
+def _hf_source(
+    target: HfTarget, case: Case, positions: np.ndarray, rotary_statement: str
+) -> tuple[str, str, np.ndarray] | None:
+    """repro.hf_tables' source for the hf convention's call of ``case`` (and the positions as the check
+    passed them: int64 position_ids to a rotary module); None where the rotary module is built from
+    values a script cannot spell (arrays, dtypes)."""
+    heads_axis = -2 if case.seq_axis == -3 else -3
+    common = dict(framework=target.framework.name, device=target.device, heads_axis=heads_axis, q_and_k=target.q_and_k,
+                  keywords=target.call_keywords(case))  # fmt: skip
+    if target.rotary is None:
+        return (*hf_tables(**common, tables=target.spec_tables(case, positions)), positions)  # type: ignore[arg-type]
+    rotary, fw, ids = target.rotary, target.framework, positions.astype(np.int64)
+    maximum = target.max_position(ids)
+    config, kwargs = factory_arguments(rotary, case, fw, target.device, maximum, target.layer_type)
+    if not _literal(kwargs):
+        return None
+    module = target.built(rotary, case, max_position=maximum)
+    layer_type = target.layer_type if target.passes_layer_type(module) else None
+    statement = rotary_statement or f"import {rotary.__module__}\nimpl = {rotary.__module__}.{rotary.__qualname__}\n"
+    config_name = f"{config.__module__}.{config.__qualname__}" if config is not None else None
+    source = hf_tables(**common, rotary=(statement, config_name, kwargs, layer_type))  # type: ignore[arg-type]
+    return (*source, ids)
+
+
+def _literal(value: Any) -> bool:
+    """Whether ``repr(value)`` is Python source for it (numbers, strings, lists and dicts of them)."""
+    if isinstance(value, (list, tuple)):
+        return all(_literal(v) for v in value)
+    if isinstance(value, dict):
+        return all(_literal(k) and _literal(v) for k, v in value.items())
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _ratio(value: Any) -> str:
@@ -605,7 +656,7 @@ def check_command(args: argparse.Namespace) -> int:
     failed before any case), 2 for a usage or environment error (one line, never a grade)."""
     try:
         function, statement = _load(args.impl)
-        rotary = _load(args.rotary)[0] if args.rotary else None
+        rotary, rotary_statement = _load(args.rotary) if args.rotary else (None, "")
         claimed = parse_dtypes(args.dtypes_claimed) if args.dtypes_claimed else None
         params, where = _params(args)
         dtypes = tuple(args.dtype or DTYPES)
@@ -630,6 +681,7 @@ def check_command(args: argparse.Namespace) -> int:
             max_reproducers=max(args.max_failures, 1),
             claimed=claimed,
             rotary=rotary,
+            rotary_statement=rotary_statement,
             layer_type=args.layer_type or "full_attention",
             compile=args.compile,
             autocast=DTYPE_ALIASES.get(args.autocast, args.autocast) if args.autocast else None,

@@ -18,7 +18,7 @@
 
 A rotary module or layer factory receives the case's parameters under the names it declares
 (``FACTORY_NAMES``); a transformers class taking a ``config`` gets the configuration it needs, built
-from the parameters (``hf_config``). Cases a convention cannot express are "not tested".
+from the parameters (``hf_config_arguments``). Cases a convention cannot express are "not tested".
 """
 
 from __future__ import annotations
@@ -190,10 +190,10 @@ def _config_class(factory: Callable[..., Any]) -> Any:
     return config
 
 
-def hf_config(factory: Callable[..., Any], case: Case, max_position: int, layer_type: str) -> Any:
-    """The transformers configuration a rotary class needs, from the case's parameters: head_dim H,
-    rope_theta w, partial_rotary_factor p and factor s ("proportional" RoPE; "default" at p = 1, s = 1),
-    one attention head, per layer type when the configuration has layer types."""
+def hf_config_arguments(factory: Callable[..., Any], case: Case, max_position: int, layer_type: str) -> dict[str, Any]:
+    """The keywords of the transformers configuration a rotary class needs, from the case's parameters:
+    head_dim H, rope_theta w, partial_rotary_factor p and factor s ("proportional" RoPE; "default" at
+    p = 1, s = 1), one attention head, per layer type when the configuration has layer types."""
     config_class = _config_class(factory)
     plain = case.rope_percentage == 1.0 and case.scale_factor == 1.0
     rope: dict[str, Any] = {"rope_type": "default" if plain else "proportional", "rope_theta": case.max_wavelength}
@@ -214,7 +214,24 @@ def hf_config(factory: Callable[..., Any], case: Case, max_position: int, layer_
     }
     if layered:
         kwargs |= {"layer_types": [layer_type], "global_head_dim": case.head_dim}
-    return config_class(**kwargs)
+    return kwargs
+
+
+def factory_arguments(
+    factory: Callable[..., Any], case: Case, fw: Framework, device: str, max_position: int, layer_type: str
+) -> tuple[Any, dict[str, Any]]:
+    """What ``factory`` is called with: (None, the case's parameters under the names it declares
+    (FACTORY_NAMES)), or (the transformers configuration class it takes, that configuration's keywords)."""
+    names, var_keyword = parameter_names(factory)
+    if "config" in names:
+        return _config_class(factory), hf_config_arguments(factory, case, max_position, layer_type)
+    values = _parameter_values(case, fw, device, max_position)
+    kwargs = {}
+    for ours, synonyms in FACTORY_NAMES.items():
+        found = next((n for n in synonyms if n in names), ours if var_keyword else None)
+        if found is not None:
+            kwargs[found] = values[ours]
+    return None, kwargs
 
 
 def build(
@@ -222,17 +239,8 @@ def build(
 ) -> Any:
     """Call ``factory`` with the case's parameters under the names it declares (FACTORY_NAMES), or with
     the transformers configuration it needs."""
-    names, var_keyword = parameter_names(factory)
-    if "config" in names:
-        module = factory(hf_config(factory, case, max_position, layer_type))
-    else:
-        values = _parameter_values(case, fw, device, max_position)
-        kwargs = {}
-        for ours, synonyms in FACTORY_NAMES.items():
-            found = next((n for n in synonyms if n in names), ours if var_keyword else None)
-            if found is not None:
-                kwargs[found] = values[ours]
-        module = factory(**kwargs)
+    config_class, kwargs = factory_arguments(factory, case, fw, device, max_position, layer_type)
+    module = factory(config_class(**kwargs)) if config_class is not None else factory(**kwargs)
     to = getattr(module, "to", None)
     if callable(to) and fw.name == "torch":
         module = to(device)
@@ -295,31 +303,52 @@ class HfTarget(ConventionTarget):
                 return "needs real positions (position_ids are integers)"
         return None
 
+    @staticmethod
+    def max_position(position_ids: np.ndarray) -> int:
+        return int(np.abs(position_ids).max(initial=0)) + 1
+
+    def passes_layer_type(self, module: Any) -> bool:
+        return _accepts(getattr(module, "forward", module), "layer_type")
+
+    def spec_tables(self, case: Case, position_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """cos/sin [B, L, H] from SPEC.md's tables, in the inputs' dtype (as Hugging Face's rotary
+        modules return them)."""
+        cos64, sin64 = full_tables(case, position_ids)
+        return tuple(np.concatenate([t, t], axis=-1).astype(arrays_dtype(case)) for t in (cos64, sin64))  # type: ignore[return-value]
+
     def cos_sin(self, case: Case, x: Any, positions: np.ndarray) -> tuple[Any, Any, list[tuple[str, Any, np.ndarray]]]:
         position_ids = full_positions(case, positions)
         if self.rotary is not None:
-            module = self.built(self.rotary, case, max_position=int(np.abs(position_ids).max(initial=0)) + 1)
+            module = self.built(self.rotary, case, max_position=self.max_position(position_ids))
             ids = self.native(position_ids.astype(np.int64))
-            if _accepts(getattr(module, "forward", module), "layer_type"):
+            if self.passes_layer_type(module):
                 cos, sin = module(x, ids, self.layer_type)
             else:
                 cos, sin = module(x, ids)
             return cos, sin, [("position_ids", ids, position_ids.astype(np.int64))]
-        # Hugging Face's rotary modules return cos/sin in the activations' dtype: so do these.
-        cos64, sin64 = full_tables(case, position_ids)
-        cos_np, sin_np = (np.concatenate([t, t], axis=-1).astype(arrays_dtype(case)) for t in (cos64, sin64))
+        cos_np, sin_np = self.spec_tables(case, position_ids)
         cos, sin = self.native(cos_np), self.native(sin_np)
         return cos, sin, [("cos", cos, cos_np), ("sin", sin, sin_np)]
+
+    def call_keywords(self, case: Case) -> dict[str, Any]:
+        assert self.function is not None
+        return {"unsqueeze_dim": 2 if case.seq_axis == -3 else 1} if _accepts(self.function, "unsqueeze_dim") else {}
+
+    @property
+    def q_and_k(self) -> bool:
+        """Whether the function takes (q, k, cos, sin) (else (x, cos, sin))."""
+        assert self.function is not None
+        names, _ = _names(self.function)
+        return len(names) >= 4 and names[2:4] == ["cos", "sin"]
 
     def call(self, case: Case, arrays: Arrays) -> Call:
         f = self.invoke
         assert self.function is not None
         q = self.native(arrays.inputs)
         cos, sin, watched = self.cos_sin(case, q, arrays.positions)
-        kw = {"unsqueeze_dim": 2 if case.seq_axis == -3 else 1} if _accepts(self.function, "unsqueeze_dim") else {}
-        names, _ = _names(self.function)
+        kw = self.call_keywords(case)
         watched = [("q", q, arrays.inputs), *watched]
-        if len(names) >= 4 and names[2:4] == ["cos", "sin"]:
+        if self.q_and_k:
             k_np = self.second_input(case, arrays)
             k = self.native(k_np)
             q_out, k_out = f(q, k, cos, sin, **kw)

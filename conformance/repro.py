@@ -149,10 +149,7 @@ def keras_layer(
         expr = lines[-1].removeprefix("impl = ")
         lines[-1] = "Layer = " + (expr.removesuffix("." + method) if method else expr)
     arguments = ", ".join(f"{k}={v!r}" for k, v in constructor.items())
-    source = f"layer = Layer({arguments})  # as check built it for this case\n"
-    if len(source) > 120:  # wrapped within 120 columns
-        wrapped = textwrap.fill(arguments + ")", 116, initial_indent="    ", subsequent_indent="    ")
-        source = f"layer = Layer(  # as check built it for this case\n{wrapped}\n"
+    source = _construct("layer = Layer", arguments)
     call = "".join(f"{k}={v!r}, " for k, v in keywords.items()) + f"{positions}=p"
     if method:
         source += "layer.built or layer.build(x.shape)  # for the inputs' shape, as check did\n"
@@ -160,6 +157,73 @@ def keras_layer(
     else:
         source += f"impl = lambda v, p: layer(v, {call})"
     return "\n".join(lines) + "\n", source + "  # noqa: E731\n"
+
+
+def _construct(head: str, arguments: str) -> str:
+    """``head(arguments)`` with a comment, on one line or wrapped within 120 columns."""
+    line = f"{head}({arguments})  # as check built it for this case\n"
+    if len(line) <= 121:
+        return line
+    wrapped = textwrap.fill(arguments + ")", 116, initial_indent="    ", subsequent_indent="    ")
+    return f"{head}(  # as check built it for this case\n{wrapped}\n"
+
+
+_NATIVE = {  # (concatenate, a table as the framework's array in v's dtype) in a reproducer's call
+    "numpy": ("np.concatenate", "{0}"),
+    "torch": ("torch.cat", "to_torch({0}).to(v.dtype).to(DEVICE)"),
+    "jax": ("jax.numpy.concatenate", "jax.device_put({0}, device)"),
+}
+
+
+def hf_tables(
+    *,
+    framework: str,
+    device: str,
+    heads_axis: int,
+    q_and_k: bool,
+    keywords: dict[str, Any],
+    rotary: tuple[str, str | None, dict[str, Any], str | None] | None = None,
+    tables: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[str, str]:
+    """The hf convention as reproducer source: (imports, lines after the arrays that rebind ``impl`` to
+    ``v, positions -> output``). ``rotary``: (its import statement binding ``impl``, the expression of
+    the configuration class it takes or None, the keywords the check built it (or its configuration)
+    with, the layer type passed to it or None); else ``tables``: the cos/sin arrays the check passed.
+    With ``q_and_k``, v is q with k (the check's: q's last head) appended on the heads axis, and the
+    output is q's and k's side by side."""
+    imports, setup = "", ""
+    cat, native = _NATIVE[framework]
+    if rotary is not None:
+        statement, config, kwargs, layer_type = rotary
+        lines = statement.rstrip("\n").split("\n")
+        lines[-1] = lines[-1].replace("impl = ", "Rotary = ", 1)
+        arguments = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        if config is not None:
+            module = config.rpartition(".")[0]
+            lines += [f"import {module}"] if module else []
+            arguments = f"{config}({arguments})"
+        imports = "\n".join(lines) + "\n"
+        setup = _construct("rotary = Rotary", arguments)
+        if framework == "torch" and device != "cpu":
+            setup += "rotary = rotary.to(DEVICE) if callable(getattr(rotary, 'to', None)) else rotary\n"
+        tail = f", {layer_type!r}" if layer_type is not None else ""
+        cos_sin = f"rotary(v, p{tail})  # the rotary module's, as check took them"
+    else:
+        assert tables is not None
+        setup = _array_source("COS", tables[0]) + _array_source("SIN", tables[1])
+        cos_sin = f"{native.format('COS')}, {native.format('SIN')}  # SPEC.md's tables, as check passed them"
+    kw = "".join(f", {k}={v!r}" for k, v in keywords.items())
+    last = "..., -1:, :" if heads_axis == -2 else "..., -1:, :, :"
+    rest = "..., :-1, :" if heads_axis == -2 else "..., :-1, :, :"
+    setup += "apply = impl\n\n\ndef impl(v, p):  # the check's call"
+    if q_and_k:
+        setup += ": q = v but its last head, k = that head; q's and k's outputs side by side\n"
+        setup += f"    cos, sin = {cos_sin}\n"
+        setup += f"    q_out, k_out = apply(v[{rest}], v[{last}], cos, sin{kw})\n"
+        setup += f"    return {cat}([q_out, k_out], {heads_axis})\n"
+    else:
+        setup += f"\n    cos, sin = {cos_sin}\n    return apply(v, cos, sin{kw})\n"
+    return imports, setup
 
 
 def call_options(

@@ -276,3 +276,104 @@ def test_hub_kernel_wrappers_are_unwrapped(with_signature: bool):
     outcome = _check(wrapped, dtypes=("float32",))
     assert outcome.signature == "hf" and outcome.grade in ("conformant", "strict"), outcome.causes
     assert any(r.case.seq_axis == -3 for r in outcome.results)  # unsqueeze_dim passed
+
+
+# ---------------------------------------------------------------------------------------------
+# Reproducers of the hf convention: cos/sin as the check made them (the rotary module built with the
+# same arguments, or SPEC.md's tables as literals), q and k as the check passed them
+
+
+class ClampedRotary(outside.HfProportionalRotary):
+    """keras-hub's mistake in a rotary module: at least one rotated pair."""
+
+    def __init__(self, head_dim, rope_theta=10_000.0, partial_rotary_factor=1.0, factor=1.0):
+        super().__init__(head_dim, rope_theta, max(partial_rotary_factor, 2 / head_dim), factor)
+
+
+def bf16_tables_apply(q, k, cos, sin, unsqueeze_dim=1):
+    """Hugging Face's apply_rotary_pos_emb with cos/sin rounded to bfloat16 first."""
+    import torch
+
+    cos, sin = (t.to(torch.bfloat16).to(q.dtype) for t in (cos, sin))
+    return outside.hf_apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim)
+
+
+def _hf_reproducer(impl: str, rotary: str | None, case: str, dtype: str = "float32") -> str:
+    from p_rope.conformance.targets import load_callable
+
+    function, statement = load_callable(impl)
+    extra = {}
+    if rotary is not None:
+        extra["rotary"], extra["rotary_statement"] = load_callable(rotary)
+    outcome = check(function, import_statement=statement, dtypes=(dtype,), names=(case,), max_reproducers=1, **extra)
+    assert outcome.signature == "hf" and outcome.grade == "fail", outcome.causes
+    return outcome.reproducers[f"apply/{dtype}/{case}"]
+
+
+def _run_script(text: str, tmp_path: Path) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    path = tmp_path / "repro.py"
+    path.write_text(text)
+    run = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
+    return run.returncode, run.stderr
+
+
+OUTSIDE = "p_rope.conformance.outside"
+
+
+def test_hf_reproducer_builds_the_rotary_module_as_the_check_did(tmp_path: Path):
+    """A clamped rotary module: the script builds it with the keywords the check passed, calls it on
+    the position ids, applies q and k; it exits 1 alone and 0 with the correct module in its place."""
+    text = _hf_reproducer(f"{OUTSIDE}:hf_apply_rotary_pos_emb", f"{__file__}:ClampedRotary", "p0-identity")
+    assert "Rotary = _module.ClampedRotary\n" in text and "partial_rotary_factor=0.0" in text
+    assert "dtype=np.int64" in text and len(text.splitlines()) <= 64, text  # two files imported by path: ten lines
+    rc, err = _run_script(text, tmp_path)
+    assert rc == 1 and "NoPE lanes are not bit-identical" in err, err[-2000:]
+    fixed = text.replace("Rotary = _module.ClampedRotary\n", f"Rotary = {OUTSIDE}.HfProportionalRotary\n")
+    rc, err = _run_script(fixed, tmp_path)
+    assert rc == 0, err[-2000:]
+
+
+def test_hf_reproducer_with_spec_tables(tmp_path: Path):
+    """No rotary module: the script holds SPEC.md's cos/sin as the check passed them."""
+    text = _hf_reproducer(f"{__file__}:bf16_tables_apply", None, "gemma4-global-kv")
+    assert "COS = np.array(" in text and "impl = _module.bf16_tables_apply\n" in text
+    rc, err = _run_script(text, tmp_path)
+    assert rc == 1 and "x the conformant bound" in err, err[-2000:]
+    fixed = text.replace(
+        "impl = _module.bf16_tables_apply\n", f"import {OUTSIDE}\nimpl = {OUTSIDE}.hf_apply_rotary_pos_emb\n"
+    )
+    rc, err = _run_script(fixed, tmp_path)
+    assert rc == 0, err[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("family", "rotary", "case", "dtype", "message"),
+    [
+        ("gpt_neox", "p_rope.conformance.ecosystem.glue_transformers:gpt_neox_rotary", "p0.58-H100-R28", "float32",
+         "NoPE lanes are not bit-identical"),
+        ("gemma4", "transformers.models.gemma4.modeling_gemma4:Gemma4TextRotaryEmbedding", "gemma4-global-kv",
+         "float64", "x the conformant bound"),
+    ],
+)  # fmt: skip
+def test_transformers_reproducers_fail_on_their_own(family, rotary, case, dtype, message, tmp_path: Path):
+    """transformers' GPT-NeoX partial rotary (not p-RoPE) and Gemma 4's float32 tables on float64 inputs,
+    as pasteable scripts (Gemma 4's rotary class built from its configuration class)."""
+    _needs("transformers")
+    impl = f"transformers.models.{family}.modeling_{family}:apply_rotary_pos_emb"
+    text = _hf_reproducer(impl, rotary, case, dtype)
+    rc, err = _run_script(text, tmp_path)
+    assert rc == 1 and message in err, err[-2000:]
+
+
+class GivenFrequencies(outside.HfProportionalRotary):
+    def __init__(self, head_dim, inv_freq):
+        self.inv_freq = inv_freq.float()
+
+
+def test_hf_reproducer_is_not_written_for_a_rotary_module_built_from_arrays():
+    """A module taking the suite's frequency tensor cannot be spelled in a script: no reproducer, no error."""
+    outcome = check(bf16_tables_apply, rotary=GivenFrequencies, dtypes=("float32",), names=("gemma4-global-kv",))
+    assert outcome.grade == "fail" and outcome.reproducers == {} and outcome.repro_notes == {}
