@@ -97,7 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--timeout", type=float, default=60.0, help="seconds one case may take (default 60)")
     check.add_argument("--compile", action="store_true", help="torch.compile / jax.jit around the callable")
-    check.add_argument("--autocast", choices=("bf16", "bfloat16", "f16", "float16"), help="run under torch autocast, or Keras's mixed policy for Keras code")
+    check.add_argument(
+        "--autocast",
+        choices=("bf16", "bfloat16", "f16", "float16"),
+        help="run under torch autocast, or Keras's mixed policy for Keras code",
+    )
     check.add_argument(
         "--errors", action="store_true", help="also feed SPEC.md section 9's invalid arguments (informative)"
     )

@@ -1,8 +1,10 @@
 """keras-hub: Gemma 4's text attention layer rotates with its own ``_apply_rope``.
 
-Glue only: the layer is built from SPEC's parameters (``rope_wavelength`` = w,
-``rope_scaling_factor`` = s, ``rope_partial_rotary_factor`` = p, its dtype policy = the inputs'
-dtype) and its method is called with the positions. Keras's backend (torch or jax) is chosen by
+Grading needs no glue (``check --convention keras`` builds the layer); this module serves only the
+accuracy table's profile, a function of the paper's signature. Glue only: the layer is built from
+SPEC's parameters (``rope_wavelength`` = w, ``rope_scaling_factor`` = s,
+``rope_partial_rotary_factor`` = p, its dtype policy = the inputs' dtype) and its method is called
+with the positions. Keras's backend (torch or jax) is chosen by
 ``KERAS_BACKEND`` before this module is imported.
 """
 

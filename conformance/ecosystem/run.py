@@ -178,6 +178,8 @@ def _write_reproducers(lib: Library, version: str | None, findings: list[dict[st
     for old in repro_dir.glob(f"{lib.key}--*.py"):
         old.unlink()
     install = " ".join(r for r in (*lib.requirements, *lib.no_deps))
+    if any(a.startswith("p_rope") for a in (lib.impl, *lib.check_args)):  # glue of this project (--rotary)
+        install += " p-rope"
     for finding in findings[:MAX_REPRODUCERS]:
         if not finding["script"]:
             finding["reproducer"] = None  # check wrote none for this case
@@ -186,7 +188,7 @@ def _write_reproducers(lib: Library, version: str | None, findings: list[dict[st
         header = [
             f"# {lib.name} {version}: {finding['problem']}",
             f"# graded: {lib.function}",
-            f"# install: pip install {install}" + (" p-rope" if lib.impl.startswith("p_rope") else ""),
+            f"# install: pip install {install}",
         ]
         if finding["mistake"]:
             header.append(f"# matches: {finding['mistake']}")

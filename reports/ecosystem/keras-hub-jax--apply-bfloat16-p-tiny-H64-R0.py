@@ -1,30 +1,38 @@
 # keras-hub Gemma 4 attention (Keras 3, jax backend) 0.32.0: out: NoPE lanes are not bit-identical to the input
 # graded: keras_hub Gemma4TextAttention._apply_rope
-# install: pip install jax==0.10.2 jaxlib==0.10.2 keras==3.15.1 absl-py==2.5.1 rich==15.0.0 packaging==26.4 regex==2026.11.19 numpy==2.4.6 tokenizers==0.23.3 keras-hub==0.32.0 p-rope
+# install: pip install jax==0.10.2 jaxlib==0.10.2 keras==3.15.1 absl-py==2.5.1 rich==15.0.0 packaging==26.4 regex==2026.11.19 numpy==2.4.6 tokenizers==0.23.3 keras-hub==0.32.0
 # KERAS_BACKEND=jax
 """p-RoPE conformance failure: apply/bfloat16/p-tiny-H64-R0, conformant level of SPEC.md 1.0, on (1, 1, 1, 4) inputs.
-Found by: p-rope-conformance check --impl p_rope.conformance.ecosystem.glue_keras_hub:gemma4_apply_rope
+Found by: p-rope-conformance check --impl keras_hub.src.models.gemma4.gemma4_attention:Gemma4TextAttention._apply_rope
 Case: apply bfloat16 shape=(1, 1, 1, 4) H=4 p=0.01 (R=0) w=10000 scale_factor=1 pairing=split_half seq_axis=-3 positions=random:int32[0..131072] (full shape)
 Observed: out: NoPE lanes are not bit-identical to the input
-Run: python this_file.py   (needs numpy, ml_dtypes, jax)
+Run: python this_file.py   (needs numpy, ml_dtypes, keras, jax)
 """
 
+import os
+os.environ.setdefault("KERAS_BACKEND", 'jax')
 import numpy as np
 import ml_dtypes
-import p_rope.conformance.ecosystem.glue_keras_hub
-impl = p_rope.conformance.ecosystem.glue_keras_hub.gemma4_apply_rope
+import keras_hub.src.models.gemma4.gemma4_attention
+Layer = keras_hub.src.models.gemma4.gemma4_attention.Gemma4TextAttention
 
 H, W, P, R, SCALE = 4, 10000.0, 0.01, 0, 1.0  # R = int(P * H // 2) rotated pairs
 PAIRING, SEQ_AXIS, DEVICE = 'split_half', -3, 'cpu'
 x = np.array([-0.05102539, 0.048095703, 0.087402344, 0.02758789,], dtype=np.float32).astype(ml_dtypes.bfloat16).reshape((1, 1, 1, 4))
 positions = np.array([42862,], dtype=np.int32).reshape((1, 1))
 
+layer = Layer(  # as check built it for this case
+    head_dim=4, rope_wavelength=10000.0, rope_partial_rotary_factor=0.01, rope_scaling_factor=1.0,
+    num_query_heads=1, num_key_value_heads=1, dtype='bfloat16')
+layer.built or layer.build(x.shape)  # for the inputs' shape, as check did
+impl = lambda v, p: Layer._apply_rope(layer, v, start_index=0, positions=p)  # noqa: E731
+
 import jax
 
 jax.config.update("jax_enable_x64", False)
 device = jax.devices('cpu')[0]
 x_in = jax.device_put(x, device)
-out, x_after = np.asarray(impl(x_in, jax.device_put(positions, device), H, W, P)), np.asarray(x_in)
+out, x_after = np.asarray(impl(x_in, jax.device_put(positions, device))), np.asarray(x_in)
 
 # SPEC.md section 2 in float64: pairs (i, i + H/2) or (2i, 2i + 1), i < R, angle position * W ** (-2i/H) / SCALE
 i = np.arange(R)

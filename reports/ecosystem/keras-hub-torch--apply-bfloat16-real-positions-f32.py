@@ -1,30 +1,38 @@
 # keras-hub Gemma 4 attention (Keras 3, torch backend) 0.32.0: error 125 x the conformant bound at position 2167.2158203125
 # graded: keras_hub Gemma4TextAttention._apply_rope
-# install: pip install torch==2.13.0 keras==3.15.1 absl-py==2.5.1 rich==15.0.0 packaging==26.4 regex==2026.11.19 numpy==2.4.6 tokenizers==0.23.3 keras-hub==0.32.0 p-rope
+# install: pip install torch==2.13.0 keras==3.15.1 absl-py==2.5.1 rich==15.0.0 packaging==26.4 regex==2026.11.19 numpy==2.4.6 tokenizers==0.23.3 keras-hub==0.32.0
 # KERAS_BACKEND=torch
 """p-RoPE conformance failure: apply/bfloat16/real-positions-f32, conformant level of SPEC.md 1.0, on (1, 1, 1, 4) inputs.
-Found by: p-rope-conformance check --impl p_rope.conformance.ecosystem.glue_keras_hub:gemma4_apply_rope
+Found by: p-rope-conformance check --impl keras_hub.src.models.gemma4.gemma4_attention:Gemma4TextAttention._apply_rope
 Case: apply bfloat16 shape=(1, 1, 1, 4) H=4 p=0.5 (R=1) w=10000 scale_factor=1 pairing=split_half seq_axis=-3 positions=real:float32[0..4096] (full shape)
 Observed: error 47 x the conformant bound at position 2167.22, index (0, 0, 0, 0)
-Run: python this_file.py   (needs numpy, ml_dtypes, torch)
+Run: python this_file.py   (needs numpy, ml_dtypes, keras, torch)
 """
 
+import os
+os.environ.setdefault("KERAS_BACKEND", 'torch')
 import numpy as np
 import ml_dtypes
-import p_rope.conformance.ecosystem.glue_keras_hub
-impl = p_rope.conformance.ecosystem.glue_keras_hub.gemma4_apply_rope
+import keras_hub.src.models.gemma4.gemma4_attention
+Layer = keras_hub.src.models.gemma4.gemma4_attention.Gemma4TextAttention
 
 H, W, P, R, SCALE = 4, 10000.0, 0.5, 1, 1.0  # R = int(P * H // 2) rotated pairs
 PAIRING, SEQ_AXIS, DEVICE = 'split_half', -3, 'cpu'
 x = np.array([-0.453125, 0.33984375, -0.18457031, -0.6484375,], dtype=np.float32).astype(ml_dtypes.bfloat16).reshape((1, 1, 1, 4))
 positions = np.array([2167.2158,], dtype=np.float32).reshape((1, 1))
 
+layer = Layer(  # as check built it for this case
+    head_dim=4, rope_wavelength=10000.0, rope_partial_rotary_factor=0.5, rope_scaling_factor=1.0, num_query_heads=1,
+    num_key_value_heads=1, dtype='bfloat16')
+layer.built or layer.build(x.shape)  # for the inputs' shape, as check did
+impl = lambda v, p: Layer._apply_rope(layer, v, start_index=0, positions=p)  # noqa: E731
+
 import torch
 bf16 = x.dtype.name == "bfloat16"
 to_torch = lambda a: torch.from_numpy(a.astype(np.float32) if a.dtype.name == "bfloat16" else a.copy())  # noqa: E731
 back = lambda t: (t.detach().cpu().float() if bf16 else t.detach().cpu()).numpy().astype(x.dtype)  # noqa: E731
 x_in = to_torch(x).to(torch.bfloat16 if bf16 else None).to(DEVICE)
-out, x_after = back(impl(x_in, to_torch(positions).to(DEVICE), H, W, P)), back(x_in)
+out, x_after = back(impl(x_in, to_torch(positions).to(DEVICE))), back(x_in)
 
 # SPEC.md section 2 in float64: pairs (i, i + H/2) or (2i, 2i + 1), i < R, angle position * W ** (-2i/H) / SCALE
 i = np.arange(R)
