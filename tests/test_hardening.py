@@ -427,18 +427,18 @@ def _torch_peak_bytes(call: Any) -> int:
     return peak
 
 
-@pytest.mark.parametrize(
-    ("impl_name", "dtype"),
-    [
-        ("reference", "float32"),
-        ("reference", "bfloat16"),
-        ("array_api:numpy", "float32"),
-        ("array_api:torch", "float32"),
-        ("array_api:torch", "bfloat16"),
-        ("torch", "float32"),
-        ("torch", "bfloat16"),
-    ],
-)
+MEMORY_CASES = [
+    ("reference", "float32"),
+    ("reference", "bfloat16"),
+    ("array_api:numpy", "float32"),
+    ("array_api:torch", "float32"),
+    ("array_api:torch", "bfloat16"),
+    ("torch", "float32"),
+    ("torch", "bfloat16"),
+]
+
+
+@pytest.mark.parametrize(("impl_name", "dtype"), MEMORY_CASES)
 @pytest.mark.parametrize("rope_percentage", [1.0, 0.25])
 def test_out_of_place_peak_memory_at_most_twice_the_input(impl_name: str, dtype: str, rope_percentage: float) -> None:
     """Issue 11's layout, [1, L, 8, 512], with L = 4096 (32 MiB in float32): the output plus every
@@ -452,17 +452,7 @@ def test_out_of_place_peak_memory_at_most_twice_the_input(impl_name: str, dtype:
     assert peak >= x_np.nbytes  # the output itself: the measurement sees the allocations
 
 
-@pytest.mark.parametrize(
-    ("impl_name", "dtype"),
-    [
-        ("reference", "float32"),
-        ("reference", "bfloat16"),
-        ("array_api:numpy", "float32"),
-        ("array_api:torch", "float32"),
-        ("torch", "float32"),
-        ("torch", "bfloat16"),
-    ],
-)
+@pytest.mark.parametrize(("impl_name", "dtype"), MEMORY_CASES)
 @pytest.mark.parametrize("shape", [(32, 1, 32, 128), (32, 1, 8, 512)], ids=["llama-decode", "gemma4-decode"])
 def test_decode_peak_memory_at_most_twice_the_input(impl_name: str, dtype: str, shape: tuple[int, ...]) -> None:
     """Small inputs too (a decode step: 256-512 KiB): blocks scale down with the input, and a wider
