@@ -410,3 +410,29 @@ def test_spec_cites_existing_tests() -> None:
         if not re.search(rf"^def {name}\(", source, re.MULTILINE):
             missing.append(f"{filename}::{name}")
     assert missing == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple),
+    width=st.sampled_from([2, 4, 8]),
+    budget=st.integers(1, 4096),
+)
+def test_token_blocks_cover_the_array_once_in_bounds(shape: tuple[int, ...], width: int, budget: int) -> None:
+    """Every element in exactly one block, in order, every slice within its axis (array-api-strict
+    refuses out-of-bounds stops), no block above the budget unless it is one row."""
+    seen = np.zeros(shape, dtype=int)
+    order = np.arange(np.prod(shape)).reshape(shape)
+    last = -1
+    for index in P.token_blocks(shape, width, budget):
+        for axis, i in enumerate(index):
+            if isinstance(i, slice):
+                assert 0 <= i.start < i.stop <= shape[axis]
+        block = order[index]
+        cut = index[-1] if index else None
+        one_row = block.size == shape[-1] or (cut is not None and cut.stop - cut.start == 1)
+        assert block.size * width <= budget or one_row
+        assert block.min() == last + 1
+        last = int(block.max())
+        seen[index] += 1
+    assert (seen == 1).all()

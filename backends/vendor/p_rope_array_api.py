@@ -558,7 +558,7 @@ def token_blocks(shape: tuple[int, ...], bytes_per_element: int, budget: int) ->
         return [()]
     rows = max(1, budget // inner)
     return [
-        (*lead, slice(start, start + rows))
+        (*lead, slice(start, min(start + rows, axes[cut - 1])))  # in bounds (array-api-strict)
         for lead in itertools.product(*(range(n) for n in axes[: cut - 1]))
         for start in range(0, axes[cut - 1], rows)
     ]
