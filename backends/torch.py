@@ -26,7 +26,7 @@ Shape letters: B... batch axes, L sequence, N heads, H head_dim, R rotated pairs
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from p_rope._params import (  # vendor: inline
@@ -273,7 +273,7 @@ def apply_p_rope(
     params = _checked_call(
         _meta(inputs), meta, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
-    return _apply(inputs, _positions_on(positions, meta, inputs.device), params, in_place=False)
+    return _apply(inputs, _positions_on(positions, cast(ArrayMeta, meta), inputs.device), params, in_place=False)
 
 
 def apply_p_rope_(
@@ -294,7 +294,7 @@ def apply_p_rope_(
         _meta(inputs), meta, head_dim, max_wavelength, rope_percentage, rotated_pairs, scale_factor, pairing, seq_axis
     )
     _checked_overlap(inputs.shape, inputs.stride())
-    return _apply(inputs, _positions_on(positions, meta, inputs.device), params, in_place=True)
+    return _apply(inputs, _positions_on(positions, cast(ArrayMeta, meta), inputs.device), params, in_place=True)
 
 
 def apply_p_rope_qk(
@@ -324,7 +324,7 @@ def apply_p_rope_qk(
         pairing,
         seq_axis,
     )
-    positions_ = _positions_on(positions, meta, q.device)
+    positions_ = _positions_on(positions, cast(ArrayMeta, meta), q.device)
     if _fused(q.device) is not None:
         return _apply(q, positions_, params, in_place=False), _apply(k, positions_, params, in_place=False)
     cos, sin = torch_tables(positions_, params.spec)
