@@ -954,15 +954,13 @@ def rotate_immutable(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis
     differentiated."""
     if dtype_name(x.dtype) not in ("float16", "bfloat16") or tables.cos.shape[-1] == 0:
         return rotate(xp, x, tables, pairing, seq_axis)
-    return _bit_rotation(pairing, seq_axis)(x, tables.cos, tables.sin)
+    return _bit_rotation(xp, pairing, seq_axis)(x, tables.cos, tables.sin)
 
 
 @functools.lru_cache(maxsize=8)
-def _bit_rotation(pairing: str, seq_axis: int) -> Callable[[Any, Any, Any], Any]:
+def _bit_rotation(xp: Any, pairing: str, seq_axis: int) -> Callable[[Any, Any, Any], Any]:
     """The JAX function (x, cos, sin) -> rotate(..., as_bits=True), its JVP that of as_bits=False."""
     import jax  # only reached with JAX arrays: jax is imported already
-
-    xp = array_api_compat.array_namespace(jax.numpy.zeros(0))
 
     def plain(x: Any, cos: Any, sin: Any) -> Any:
         return rotate(xp, x, RopeTables(cos, sin), pairing, seq_axis)
