@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The GPU check, in one command, on a machine with a CUDA GPU and no network (at most 8.5 minutes):
+# The GPU check, in one command, on a machine with a CUDA GPU and no network (at most 8 minutes):
 #
 #   1. installs the project from the working tree, plus the wheels carried in .whl/
 #      (tools/device_wheels.sh fetches them beforehand; flash-attn's source release among them),
 #      into a private folder put first on PYTHONPATH (no pip index, no build isolation);   <= 60 s
 #   2. side by side (correctness only): the CUDA slice of the conformance matrix, one process per
 #      backend that runs on CUDA (torch, array_api:torch, vendor:torch, jax, array_api:jax,
-#      vendor:jax), every dtype, and the CUDA tests (pytest -k cuda);                      <= 240 s
+#      vendor:jax), every dtype, and the CUDA tests (pytest -k cuda; 4 workers where the
+#      image has pytest-xdist);                                                            <= 240 s
 #      then the matrix of those runs;                                                      <= 30 s
-#   3. alone on the GPU: the benchmarks (bench/run.py --device cuda --report-dir);        <= 180 s
+#   3. alone on the GPU: the benchmarks (bench/run.py --device cuda --report-dir), until
+#      480 s after the start (a run cut short keeps the cases it finished);                >= 120 s
 #
 # and writes everything into one output folder:
 #
@@ -65,6 +67,7 @@ summary="$out_dir/summary.txt"
 : >"$summary"
 failed=0
 export PYTHONUNBUFFERED=1
+deadline=$(($(date +%s) + 480))  # the whole check; the benchmarks take what the steps before left
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and torch share the GPU within one process
 
 say() { echo "device_check: $*" | tee -a "$log" >&2; }
@@ -103,6 +106,9 @@ else
         echo "FAILED  cuda device: torch sees none" >>"$summary"
         exit 2
     fi
+    # the card as found (read only: clocks, memory, temperature; its settings are left alone)
+    nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.mem,temperature.gpu \
+        --format=csv >>"$log" 2>&1 || true
 fi
 
 # 1. install: the project from a copy of its sources (the working tree stays as it is), the wheels
@@ -131,7 +137,9 @@ install() {
         tar -xzf "${sources[0]}" -C "$site" --wildcards '*/flash_attn/*.py' &&
             cp -r "$site"/flash_attn-*/flash_attn "$target/" || return 1
     fi
-    PYTHONPATH="$target" "$python" -c 'import p_rope, p_rope.backends.torch, array_api_compat; print("p_rope from", p_rope.__file__)'
+    PYTHONPATH="$target" "$python" -c 'import p_rope, p_rope.backends.torch, array_api_compat; print("p_rope from", p_rope.__file__)' &&
+        PYTHONPATH="$target" "$python" -c 'import importlib.metadata as m, platform
+print("python", platform.python_version(), *(f"{n} {m.version(n)}" for n in ("numpy", "torch", "triton", "jax", "jaxlib", "transformers", "array-api-compat")))'
 }
 export site python dry_run out_dir
 export -f install
@@ -153,7 +161,9 @@ fi
 tests() {
     local files=(tests)
     [ "$dry_run" -eq 1 ] && files=(tests/test_triton.py tests/test_jax_fusion.py)  # collection of two files
-    "$python" -m pytest "${files[@]}" -k cuda -p no:cacheprovider -q -rfEs >"$out_dir/tests.txt" 2>&1
+    local workers=()
+    "$python" -c 'import xdist' 2>/dev/null && workers=(-n 4)
+    "$python" -m pytest "${files[@]}" -k cuda -p no:cacheprovider -q -rfEs "${workers[@]}" >"$out_dir/tests.txt" 2>&1
     local rc=$?
     cat "$out_dir/tests.txt"
     [ "$rc" -eq 0 ] || return "$rc"
@@ -181,7 +191,9 @@ if [ "$dry_run" -eq 1 ]; then
 else
     bench_args=(--device cuda --reps 5 --sample-ms 20)
 fi
-step "gpu benchmarks" 180 "$python" bench/run.py "${bench_args[@]}" --report-dir "$bench_dir"
+bench_limit=$((deadline - $(date +%s)))
+[ "$bench_limit" -ge 120 ] || bench_limit=120
+step "gpu benchmarks" "$bench_limit" "$python" bench/run.py "${bench_args[@]}" --report-dir "$bench_dir"
 
 rm -rf "$site"
 say "summary:"

@@ -16,7 +16,23 @@ mkdir -p "$dest"
 "$python" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$dest" array-api-compat==1.16.0 array-api-strict==2.6.1 liger-kernel==0.8.5
-# flash-attn ships no wheel on the index: its source release, metadata read without building CUDA code
-FLASH_ATTENTION_SKIP_CUDA_BUILD=TRUE "$python" -m pip download --no-deps --no-binary=:all: \
-    --no-build-isolation -d "$dest" flash-attn==2.8.3.post2
+# flash-attn ships no wheel on the index: its source release, fetched as a file from the index's simple
+# page and checked against the sha256 the page gives (pip download would build its metadata, which
+# imports torch and needs setuptools and wheel)
+"$python" - "$dest" flash-attn 2.8.3.post2 <<'PY'
+import hashlib, pathlib, re, sys, urllib.request
+dest, name, version = sys.argv[1:]
+stem = f"{name.replace('-', '_')}-{version}.tar.gz"
+with urllib.request.urlopen(f"https://pypi.org/simple/{name}/", timeout=60) as response:
+    page = response.read().decode()
+(url, sha256), = [(u, h) for u, h in re.findall(r'href="([^"#]+)#sha256=([0-9a-f]{64})"', page) if u.endswith("/" + stem)]
+target = pathlib.Path(dest) / stem
+if not target.exists() or hashlib.sha256(target.read_bytes()).hexdigest() != sha256:
+    with urllib.request.urlopen(url, timeout=300) as response:
+        data = response.read()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        sys.exit(f"{stem}: sha256 differs from the index's")
+    target.write_bytes(data)
+print(target)
+PY
 ls -l "$dest"
