@@ -20,6 +20,7 @@ import dataclasses
 import fnmatch
 
 from bench.results import (
+    COMPUTED,
     DTYPES,
     FLASH_ATTN,
     LAYERS,
@@ -339,6 +340,10 @@ def close_the_gap(target: Target, m: Measurement, within: bool) -> str:
         parts += [split] if split else [f"{fmt_ms((r.median or 0.0) - budget)} ms over it"]
     else:
         return "the output must grade strict"
+    floor = m.case.find(COMPUTED.get(r.framework, ""))
+    if floor is not None and floor.median is not None and r.median is not None and r.role == "ours":
+        times = fmt_ratio(r.median / floor.median)
+        parts.append(f"{SHORT[floor.name]} alone takes {fmt_ms(floor.median)} ms here (ours: {times} it)")
     return "; ".join([*parts, target.hint] if target.hint else parts)
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from bench import harness, report, run, targets
 from bench.results import (
+    COMPUTED,
     COPY,
     DTYPES,
     FLASH_ATTN,
@@ -165,6 +166,23 @@ def test_time_against_the_fastest_baseline() -> None:
     ]
     v = verdict(target, case("llama prefill float32", result("ours: torch apply_p_rope", "torch", 34.0), *baselines))
     assert v.met is False and "rotate_half compiled 30.0 ms = 1.13x" in v.measured
+
+
+def test_a_miss_names_the_computed_floor() -> None:
+    """A missed time row of a framework whose least computed output costs more than its copy says
+    what that floor costs in the case; without the floor the gap is the budget alone."""
+    target = row("jax decode latency ≤ HF's (apply-only)", "cpu", "gemma4-global decode float32")
+    label = "gemma4-global decode float32"
+    hf = result("HF transformers Gemma 4: apply_rotary_pos_emb", "torch", 0.066)
+    ours = result("ours: jax apply_p_rope_tables", "jax", 0.1, kind="apply")
+    floor = result(COMPUTED["jax"], "jax", 0.08, kind="computed")
+    with_floor = verdict(target, case(label, hf, ours, floor))
+    assert with_floor.met is False
+    assert "x * 2 in jax alone takes 0.08 ms here (ours: 1.25x it)" in with_floor.gap
+    without = verdict(target, case(label, hf, ours))
+    assert without.met is False and "x * 2" not in without.gap
+    met = verdict(target, case(label, hf, result("ours: jax apply_p_rope_tables", "jax", 0.05, kind="apply"), floor))
+    assert met.met is True and met.gap == ""
 
 
 def test_bandwidth_is_copy_time_over_ours() -> None:

@@ -14,13 +14,15 @@ change; vmap; gradients (the VJP is the reference at -positions applied to the c
 [..., L, R] residuals, exact gradients in float positions and tables, check_grads in float64);
 sharded inputs (two host devices, in a subprocess); device placement; errors and their messages,
 also under jit; q/k with one table build; tables reused across layers; KV-cache decoding and
-packed sequences; special values and empty arrays; XLA's in-place buffer reuse.
+packed sequences; special values and empty arrays; XLA's in-place buffer reuse; inline dispatch
+(jax_cpu_enable_async_dispatch off) gives the same bits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import re
 import subprocess
@@ -448,6 +450,44 @@ def test_sharded_inputs_keep_their_sharding() -> None:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "sharding ok" in result.stdout
+
+
+INLINE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax
+    import numpy as np
+    import p_rope.backends.jax as pj
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)  # before JAX's first computation
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((32, 1, 8, 512)).astype(np.float32)
+    positions = rng.integers(0, 32768, (32, 1))
+    tables = pj.p_rope_tables(positions, 512, 1e6, 0.25)
+    outputs = (pj.apply_p_rope(x, positions, 512, 1e6, 0.25), pj.apply_p_rope_tables(x, tables), *tables)
+    np.save(sys.stdout.buffer, np.concatenate([np.asarray(o).reshape(-1) for o in outputs]))
+    """
+)
+
+
+def test_inline_dispatch_gives_the_same_bits() -> None:
+    """SPEC.md's JAX note: with jax_cpu_enable_async_dispatch off (computations inline on the calling
+    thread), the outputs are bit for bit those of the default dispatch (checked here, on XLA:CPU)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", INLINE_SCRIPT], capture_output=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-4000:]
+    inline = np.load(io.BytesIO(result.stdout))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((32, 1, 8, 512)).astype(np.float32)
+    positions = rng.integers(0, 32768, (32, 1))
+    cpu = jax.devices("cpu")[0]
+    x, positions = jax.device_put(x, cpu), jax.device_put(positions.astype(np.int32), cpu)
+    tables = pj.p_rope_tables(positions, 512, 1e6, 0.25)
+    outputs = (pj.apply_p_rope(x, positions, 512, 1e6, 0.25), pj.apply_p_rope_tables(x, tables), *tables)
+    default = np.concatenate([np.asarray(o).reshape(-1) for o in outputs])
+    assert inline.dtype == default.dtype == np.float32
+    np.testing.assert_array_equal(inline.view(np.uint32), default.view(np.uint32))
+    assert_conforms(outputs[0], np.asarray(x), np.asarray(positions), 512, 1e6, 0.25, level="strict")
 
 
 # ---------------------------------------------------------------------------------------------
