@@ -8,6 +8,7 @@ does not have.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -270,13 +271,30 @@ def load_callable(spec: str) -> tuple[Callable[..., Any], str]:
     else:
         obj = _import_module(where, spec)
         statement = f"import {where}\nimpl = {where}.{attribute}\n"
+    parent = None
     for part in attribute.split("."):
         if not hasattr(obj, part):
             raise UsageError(f"--impl {spec}: {getattr(obj, '__name__', where)} has no attribute {part!r}")
-        obj = getattr(obj, part)
+        parent, obj = obj, getattr(obj, part)
     if not callable(obj):
         raise UsageError(f"--impl {spec} is not callable")
+    if inspect.isclass(parent) and inspect.isfunction(obj) and obj.__qualname__ != f"{parent.__qualname__}.{part}":
+        obj = member_of(parent, part, obj)
     return obj, statement
+
+
+def member_of(owner: type, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` (a method ``owner`` inherits) named as ``owner``'s member, so that whatever is
+    built around the method (a Keras layer: frameworks.keras_layer_class) is ``owner``, not the base
+    class that defines it. Calls go straight to ``function``; its signature is read through."""
+
+    @functools.wraps(function)
+    def member(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    member.__module__ = owner.__module__
+    member.__qualname__ = f"{owner.__qualname__}.{name}"
+    return member
 
 
 def parameter_names(function: Callable[..., Any]) -> tuple[list[str], bool]:

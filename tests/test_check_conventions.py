@@ -377,3 +377,34 @@ def test_hf_reproducer_is_not_written_for_a_rotary_module_built_from_arrays():
     """A module taking the suite's frequency tensor cannot be spelled in a script: no reproducer, no error."""
     outcome = check(bf16_tables_apply, rotary=GivenFrequencies, dtypes=("float32",), names=("gemma4-global-kv",))
     assert outcome.grade == "fail" and outcome.reproducers == {} and outcome.repro_notes == {}
+
+
+INHERITED = """
+class Base:
+    def rope(self, x, positions, scale=2.0):
+        return (self.offset, x, positions, scale)
+
+
+class Sub(Base):
+    offset = 7
+"""
+
+
+def test_an_inherited_method_is_named_through_its_class(tmp_path: Path) -> None:
+    """``--impl file:Sub.method`` where Sub inherits the method: the callable is named as Sub's member
+    (what the Keras convention builds its layer from: frameworks._owner), same signature, same calls."""
+    import inspect
+
+    from p_rope.conformance.frameworks import _owner
+    from p_rope.conformance.targets import load_callable
+
+    path = tmp_path / "inherited.py"
+    path.write_text(INHERITED)
+    function, statement = load_callable(f"{path}:Sub.rope")
+    owner = _owner(function)
+    assert inspect.isclass(owner) and owner.__name__ == "Sub", owner
+    assert function.__qualname__ == "Sub.rope" and "impl = _module.Sub.rope" in statement
+    assert list(inspect.signature(function).parameters) == ["self", "x", "positions", "scale"]
+    assert function(owner(), 1, 2) == (7, 1, 2, 2.0)
+    base, _ = load_callable(f"{path}:Base.rope")
+    assert _owner(base).__name__ == "Base" and base.__qualname__ == "Base.rope"

@@ -310,6 +310,21 @@ def test_keras_reproducer_of_a_method_builds_its_layer_and_calls_the_method(tmp_
     assert rc == 1 and "NoPE lanes are not bit-identical" in err, err[-2000:]
 
 
+class UnclampedAttention(ClampedAttention):
+    """Inherits ClampedAttention._apply_rope; its constructor builds the right frequencies."""
+
+    def __init__(self, head_dim, num_query_heads, rope_wavelength=10_000.0, rope_partial_rotary_factor=1.0, **kwargs):
+        super().__init__(head_dim, num_query_heads, rope_wavelength, rope_partial_rotary_factor, **kwargs)
+        self.inv = _inv_freq(head_dim, rope_wavelength, rope_partial_rotary_factor)
+
+
+def test_an_inherited_method_builds_the_class_it_was_named_through():
+    """``--impl file:Sub.method`` where Sub inherits the method: the check builds Sub (whose fix is
+    in its constructor), not the base class that defines the method."""
+    assert main(["check", "--impl", f"{__file__}:UnclampedAttention._apply_rope", "--dtype", "float32"]) == 0
+    assert main(["check", "--impl", f"{__file__}:ClampedAttention._apply_rope", "--dtype", "float32"]) == 1
+
+
 def test_keras_hub_gemma4_reproducer_fails_on_its_own(tmp_path):
     """keras-hub's width clamp, as a pasteable script: Gemma4TextAttention built as the check built it,
     its _apply_rope called, on one token of a head of 4 (the script sets KERAS_BACKEND itself)."""
