@@ -138,8 +138,19 @@ install() {
             cp -r "$site"/flash_attn-*/flash_attn "$target/" || return 1
     fi
     PYTHONPATH="$target" "$python" -c 'import p_rope, p_rope.backends.torch, array_api_compat; print("p_rope from", p_rope.__file__)' &&
-        PYTHONPATH="$target" "$python" -c 'import importlib.metadata as m, platform
-print("python", platform.python_version(), *(f"{n} {m.version(n)}" for n in ("numpy", "torch", "triton", "jax", "jaxlib", "transformers", "array-api-compat")))'
+        { PYTHONPATH="$target" "$python" - <<'PY' || true; }
+import importlib.metadata as metadata
+import platform
+
+def version(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+names = ("numpy", "torch", "triton", "jax", "jaxlib", "transformers", "array-api-compat", "pytest-xdist")
+print("python", platform.python_version(), *(f"{name} {version(name)}" for name in names))
+PY
 }
 export site python dry_run out_dir
 export -f install
