@@ -29,6 +29,7 @@ from p_rope.backends._core import (  # vendor: inline
     array_meta,
     as_positions,
     build_tables,
+    copy_of,
     element_strides,
     position_blocks,
     positions_meta,
@@ -97,7 +98,7 @@ def apply_p_rope_tables(inputs: Any, tables: RopeTables, *, pairing: str = "spli
     xp = array_api_compat.array_namespace(inputs)
     if not array_api_compat.is_writeable_array(inputs):  # JAX: the rotation as one expression
         return rotate_immutable(xp, inputs, RopeTables(cos, sin), layout.pairing, layout.seq_axis)
-    out = xp.asarray(inputs, copy=True)
+    out = copy_of(xp, inputs)
     blocks = table_blocks(xp, RopeTables(cos, sin), inputs.ndim, layout.seq_axis)
     quietly(xp, rotate_into, xp, out, inputs, layout.pairs, layout.pairing, getattr(xp, layout.dtype), blocks)
     return out
@@ -110,7 +111,7 @@ def _rotate_at(xp: Any, out: Any, x: Any, positions: Any, params: CallParams) ->
     if out is None and not array_api_compat.is_writeable_array(x):
         tables = build_tables(xp, positions, spec)
         return rotate_immutable(xp, x, tables, params.pairing, params.seq_axis)
-    out = xp.asarray(x, copy=True) if out is None else out
+    out = copy_of(xp, x) if out is None else out
     blocks = position_blocks(xp, positions, spec, x.ndim, params.seq_axis)
     quietly(xp, rotate_into, xp, out, x, spec.pairs, params.pairing, getattr(xp, spec.dtype), blocks)
     return out

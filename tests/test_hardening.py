@@ -340,6 +340,29 @@ def test_bit_copies_keep_the_derivative(impl_name: str, dtype: str) -> None:
         assert_conforms(grad, cotangent, -positions, 32, 10_000.0, 0.25, level="strict")
 
 
+@pytest.mark.parametrize("rope_percentage", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("entry", ["apply_p_rope", "apply_p_rope_tables"])
+def test_torch_copies_keep_the_graph(entry: str, rope_percentage: float) -> None:
+    """The array API backend on torch copies x into its output with the graph kept (torch.asarray's
+    copy dropped it in older torch releases and warns in newer ones): the gradient is the rotation by
+    -theta of the cotangent, NoPE lanes the cotangent itself, and no warning is raised."""
+    impl = _make("array_api:torch")
+    torch = importlib.import_module("torch")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 5, 3, 32))
+    cotangent = rng.standard_normal(x.shape)
+    positions = np.arange(5) * 37
+    inputs = torch.from_numpy(x.copy()).requires_grad_(True)
+    if entry == "apply_p_rope":
+        out = impl.module.apply_p_rope(inputs, torch.from_numpy(positions), 32, 10_000.0, rope_percentage)
+    else:
+        tables = impl.module.p_rope_tables(torch.from_numpy(positions), 32, 10_000.0, rope_percentage, dtype="float64")
+        out = impl.module.apply_p_rope_tables(inputs, tables)
+    out.backward(torch.from_numpy(cotangent))
+    assert inputs.grad is not None
+    assert_conforms(inputs.grad, cotangent, -positions, 32, 10_000.0, rope_percentage, level="strict")
+
+
 # ---------------------------------------------------------------------------------------------
 # devices
 

@@ -916,6 +916,13 @@ def rotated_lane_slices(head_dim: int, pairs: int, pairing: str) -> tuple[slice,
     return slice(0, 2 * pairs, 2), slice(1, 2 * pairs, 2)
 
 
+def copy_of(xp: Any, x: Any) -> Any:
+    """A new array equal to x bit for bit, differentiable in x where the library tracks gradients.
+    A reshape with copy=True: torch.asarray(copy=True) cut its copy from the autograd graph in older
+    torch releases and warns in newer ones (its requires_grad default changed); reshape's copy is a clone."""
+    return xp.reshape(x, x.shape, copy=True)
+
+
 def rotate_pairs(x1: Any, x2: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
     """(x1 cos - x2 sin, x2 cos + x1 sin): the rotation of each pair by its angle."""
     return x1 * cos - x2 * sin, x2 * cos + x1 * sin
@@ -928,7 +935,7 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int, as_
     head_dim = x.shape[-1]
     pairs = tables.cos.shape[-1]
     if pairs == 0:
-        return xp.asarray(x, copy=True)
+        return copy_of(xp, x)
     compute = tables.cos.dtype
     cos, sin = expand_table(xp, tables.cos, seq_axis), expand_table(xp, tables.sin, seq_axis)
     first, second = rotated_lane_slices(head_dim, pairs, pairing)
@@ -1078,7 +1085,7 @@ def apply_p_rope_tables(inputs: Any, tables: RopeTables, *, pairing: str = "spli
     xp = array_api_compat.array_namespace(inputs)
     if not array_api_compat.is_writeable_array(inputs):  # JAX: the rotation as one expression
         return rotate_immutable(xp, inputs, RopeTables(cos, sin), layout.pairing, layout.seq_axis)
-    out = xp.asarray(inputs, copy=True)
+    out = copy_of(xp, inputs)
     blocks = table_blocks(xp, RopeTables(cos, sin), inputs.ndim, layout.seq_axis)
     quietly(xp, rotate_into, xp, out, inputs, layout.pairs, layout.pairing, getattr(xp, layout.dtype), blocks)
     return out
@@ -1091,7 +1098,7 @@ def _rotate_at(xp: Any, out: Any, x: Any, positions: Any, params: CallParams) ->
     if out is None and not array_api_compat.is_writeable_array(x):
         tables = build_tables(xp, positions, spec)
         return rotate_immutable(xp, x, tables, params.pairing, params.seq_axis)
-    out = xp.asarray(x, copy=True) if out is None else out
+    out = copy_of(xp, x) if out is None else out
     blocks = position_blocks(xp, positions, spec, x.ndim, params.seq_axis)
     quietly(xp, rotate_into, xp, out, x, spec.pairs, params.pairing, getattr(xp, spec.dtype), blocks)
     return out

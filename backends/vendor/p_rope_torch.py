@@ -779,6 +779,13 @@ def rotated_lane_slices(head_dim: int, pairs: int, pairing: str) -> tuple[slice,
     return slice(0, 2 * pairs, 2), slice(1, 2 * pairs, 2)
 
 
+def copy_of(xp: Any, x: Any) -> Any:
+    """A new array equal to x bit for bit, differentiable in x where the library tracks gradients.
+    A reshape with copy=True: torch.asarray(copy=True) cut its copy from the autograd graph in older
+    torch releases and warns in newer ones (its requires_grad default changed); reshape's copy is a clone."""
+    return xp.reshape(x, x.shape, copy=True)
+
+
 def rotate_pairs(x1: Any, x2: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
     """(x1 cos - x2 sin, x2 cos + x1 sin): the rotation of each pair by its angle."""
     return x1 * cos - x2 * sin, x2 * cos + x1 * sin
@@ -791,7 +798,7 @@ def rotate(xp: Any, x: Any, tables: RopeTables, pairing: str, seq_axis: int, as_
     head_dim = x.shape[-1]
     pairs = tables.cos.shape[-1]
     if pairs == 0:
-        return xp.asarray(x, copy=True)
+        return copy_of(xp, x)
     compute = tables.cos.dtype
     cos, sin = expand_table(xp, tables.cos, seq_axis), expand_table(xp, tables.sin, seq_axis)
     first, second = rotated_lane_slices(head_dim, pairs, pairing)
