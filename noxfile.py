@@ -27,6 +27,7 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 TORCH = os.environ.get("P_ROPE_TORCH", "torch==2.13.0")
 JAX = os.environ.get("P_ROPE_JAX", "jax")  # e.g. "jax[cuda12]" or "jax[tpu]" on accelerator runners
+KERAS = "keras==3.15.1"  # check's Keras convention (tests/test_check_keras.py); Keras runs on the torch installed
 SOURCES = ["spec", "backends", "conformance", "tools", "bench", "tests", "noxfile.py"]
 CONFORMANCE_DIR = "reports/conformance"
 
@@ -81,7 +82,7 @@ def conformance_report(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite: every backend on every available device, the suite's self-test, vendoring."""
     session.install(TORCH)
-    session.install(".[jax,torch,conformance,test,triton]")  # triton: the fused kernel's interpreter tests
+    session.install(".[jax,torch,conformance,test,triton]", KERAS)  # triton: the fused kernel's interpreter tests
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -101,7 +102,7 @@ def tests_libm(session: nox.Session) -> None:
     """The tests again with NPY_DISABLE_CPU_FEATURES set to every SIMD extension NumPy dispatches to above
     its baseline on this machine (computed here, so any CPU): a second libm path on every CI run."""
     session.install(TORCH)
-    session.install(".[jax,torch,conformance,test,triton]")  # the environment of the tests session
+    session.install(".[jax,torch,conformance,test,triton]", KERAS)  # the environment of the tests session
     output = session.run("python", "-c", ABOVE_BASELINE, silent=True) or ""
     features = output.strip().splitlines()[-1].strip() if output.strip() else ""
     if not features:
