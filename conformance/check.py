@@ -29,16 +29,33 @@ import numpy as np
 from p_rope._params import SPEC_VERSION
 
 from .cases import DTYPES, Case, Positions, check_cases
-from .conventions import CONVENTIONS, HfTarget, KerasTarget, detect_convention, factory_arguments, make_target
+from .conventions import (
+    CONVENTIONS,
+    AnglesTarget,
+    HfTarget,
+    KerasTarget,
+    detect_convention,
+    factory_arguments,
+    make_target,
+)
 from .diagnose import _unsupported, cause
 from .execute import INVALID_CALLS, CaseResult, execute, finite_json
 from .frameworks import Framework, KerasPolicy, framework, uses_keras
 from .harness import Watchdog, deadline
-from .repro import call_options, describe_result, hf_tables, keras_layer, script, shrink_candidates, shrink_head
+from .repro import (
+    angles_call,
+    call_options,
+    describe_result,
+    hf_tables,
+    keras_layer,
+    script,
+    shrink_candidates,
+    shrink_head,
+)
 from .run import LEVEL_ORDER, aggregate
 from .targets import OUR_KEYWORDS, SIGNATURES, CallableTarget, ImplementationError, UsageError, load_callable
 
-REPRODUCIBLE = (*SIGNATURES, "keras", "hf")  # the conventions check writes reproducers for
+REPRODUCIBLE = (*SIGNATURES, "keras", "hf", "angles")  # the conventions check writes reproducers for
 
 GRADE_NAMES = {"strict": "STRICT", "conformant": "CONFORMANT", "fail": "NOT CONFORMANT"}
 
@@ -463,6 +480,14 @@ def reproduce(
         import_statement, setup = keras_layer(
             import_statement, method=method, constructor=constructor, positions=positions_name, keywords=keywords
         )
+    elif isinstance(target, AnglesTarget):  # the angles as the check made them (not a rotary module's)
+        if target.rotary is not None:
+            return None
+        angles = target.spec_angles(sub, positions)
+        setup = angles_call(
+            framework=fw.name, angles=angles.reshape(target.with_heads_axis(sub, angles.shape)),
+            keywords=target.call_keywords(sub),
+        )  # fmt: skip
     elif isinstance(target, HfTarget):  # cos/sin as the check made them; k appended to x as the check's
         hf = _hf_source(target, sub, positions, rotary_statement)
         if hf is None:

@@ -505,17 +505,30 @@ class AnglesTarget(ConventionTarget):
             angles = module(self.native(positions.astype(table_dtype(case))))
             watched: list[tuple[str, Any, np.ndarray]] = []
         else:
-            dtype = table_dtype(case)
-            angles_np = positions.astype(dtype)[..., None] * spec_frequencies(case).astype(dtype)
-            angles_np = np.repeat(angles_np, 2, axis=-1)
+            angles_np = self.spec_angles(case, positions)
             angles = self.native(angles_np)
             watched = [("freqs", angles, angles_np)]
-        axis = 1 if case.seq_axis == -2 else 2
-        freqs = angles.reshape((*angles.shape[:axis], 1, *angles.shape[axis:]))
+        freqs = angles.reshape(self.with_heads_axis(case, angles.shape))
         t = self.native(x_np)
-        kw = {"seq_dim": case.seq_axis} if _accepts(self.function, "seq_dim") else {}
-        out = self.invoke(freqs, t, **kw)
+        out = self.invoke(freqs, t, **self.call_keywords(case))
         return Call([Output("out", out, x_np, t)], [("t", t, x_np), *watched])
+
+    @staticmethod
+    def spec_angles(case: Case, positions: np.ndarray) -> np.ndarray:
+        """The angle of every rotated lane, [B..., L, 2R] (lanes 2i and 2i + 1: position x freq_i),
+        computed in the table dtype from SPEC's frequencies."""
+        dtype = table_dtype(case)
+        angles = full_positions(case, positions).astype(dtype)[..., None] * spec_frequencies(case).astype(dtype)
+        return np.repeat(angles, 2, axis=-1)
+
+    @staticmethod
+    def with_heads_axis(case: Case, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The angles' shape with a heads axis of 1 where the inputs have theirs."""
+        axis = 1 if case.seq_axis == -2 else 2
+        return (*shape[:axis], 1, *shape[axis:])
+
+    def call_keywords(self, case: Case) -> dict[str, Any]:
+        return {"seq_dim": case.seq_axis} if _accepts(self.function, "seq_dim") else {}  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass

@@ -226,6 +226,25 @@ def hf_tables(
     return imports, setup
 
 
+_NATIVE_ANGLES = {  # the angles as the framework's array, in their own dtype
+    "numpy": "{0}",
+    "torch": "to_torch({0}).to(DEVICE)",
+    "jax": "jax.device_put({0}, device)",
+}
+
+
+def angles_call(*, framework: str, angles: np.ndarray, keywords: dict[str, Any]) -> str:
+    """The angles convention as reproducer source: lines after the arrays that rebind ``impl`` to
+    ``v, positions -> output``, passing the per-lane angles the check passed (``angles``, heads axis
+    included) and the input."""
+    kw = "".join(f", {k}={v!r}" for k, v in keywords.items())
+    return (
+        _array_source("FREQS", angles)
+        + "apply = impl  # called as the check called it: per-lane angles of SPEC's frequencies, heads axis 1\n"
+        + f"impl = lambda v, p: apply({_NATIVE_ANGLES[framework].format('FREQS')}, v{kw})  # noqa: E731\n"
+    )
+
+
 def call_options(
     framework: str, *, autocast: str | None = None, compile: bool = False, keras_backend: str | None = None
 ) -> tuple[str, str]:

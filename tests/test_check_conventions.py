@@ -408,3 +408,28 @@ def test_an_inherited_method_is_named_through_its_class(tmp_path: Path) -> None:
     assert function(owner(), 1, 2) == (7, 1, 2, 2.0)
     base, _ = load_callable(f"{path}:Base.rope")
     assert _owner(base).__name__ == "Base" and base.__qualname__ == "Base.rope"
+
+
+def bf16_angles_apply(freqs, t, seq_dim=-2):
+    """rotary-embedding-torch's apply with its angles rounded to bfloat16 first."""
+    return outside.angles_apply_rotary_emb(freqs.bfloat16().to(freqs.dtype), t, seq_dim=seq_dim)
+
+
+def test_angles_reproducer_holds_the_angles_the_check_passed(tmp_path: Path):
+    """The angles convention (no rotary module): the script holds the per-lane angles as the check passed
+    them (heads axis 1) and calls the function with seq_dim; it exits 1 alone and 0 with the correct one."""
+    from p_rope.conformance.targets import load_callable
+
+    function, statement = load_callable(f"{__file__}:bf16_angles_apply")
+    outcome = check(function, import_statement=statement, dtypes=("float32",), names=("p0.5-interleaved",),
+                    max_reproducers=1)  # fmt: skip
+    assert outcome.signature == "angles" and outcome.grade == "fail", outcome.causes
+    (text,) = outcome.reproducers.values()
+    assert "FREQS = np.array(" in text and "seq_dim=-3" in text and len(text.splitlines()) <= 60, text
+    rc, err = _run_script(text, tmp_path)
+    assert rc == 1 and "x the conformant bound" in err, err[-2000:]
+    fixed = text.replace(
+        "impl = _module.bf16_angles_apply\n", f"import {OUTSIDE}\nimpl = {OUTSIDE}.angles_apply_rotary_emb\n"
+    )
+    rc, err = _run_script(fixed, tmp_path)
+    assert rc == 0, err[-2000:]
