@@ -32,6 +32,7 @@ from .cases import DTYPES, Case, Positions, check_cases
 from .conventions import (
     CONVENTIONS,
     AnglesTarget,
+    FlashTarget,
     HfTarget,
     KerasTarget,
     detect_convention,
@@ -46,6 +47,7 @@ from .repro import (
     angles_call,
     call_options,
     describe_result,
+    flash_call,
     hf_tables,
     keras_layer,
     script,
@@ -55,7 +57,7 @@ from .repro import (
 from .run import LEVEL_ORDER, aggregate
 from .targets import OUR_KEYWORDS, SIGNATURES, CallableTarget, ImplementationError, UsageError, load_callable
 
-REPRODUCIBLE = (*SIGNATURES, "keras", "hf", "angles")  # the conventions check writes reproducers for
+REPRODUCIBLE = (*SIGNATURES, "keras", "hf", "angles", "flash_attn")  # the conventions check writes reproducers for
 
 GRADE_NAMES = {"strict": "STRICT", "conformant": "CONFORMANT", "fail": "NOT CONFORMANT"}
 
@@ -488,6 +490,8 @@ def reproduce(
             framework=fw.name, angles=angles.reshape(target.with_heads_axis(sub, angles.shape)),
             keywords=target.call_keywords(sub),
         )  # fmt: skip
+    elif isinstance(target, FlashTarget):  # the tables, offsets and options the check passed
+        setup = flash_call(framework=fw.name, plan=target.plan(sub, x.shape, positions), shape=x.shape)
     elif isinstance(target, HfTarget):  # cos/sin as the check made them; k appended to x as the check's
         hf = _hf_source(target, sub, positions, rotary_statement)
         if hf is None:

@@ -452,36 +452,62 @@ class FlashTarget(ConventionTarget):
             return "needs interleaved"
         return None
 
+    def plan(self, case: Case, x_shape: tuple[int, ...], positions: np.ndarray) -> FlashPlan:
+        """How the check calls the function for this case: the tables, the offsets, the options."""
+        batch, length = x_shape[0], x_shape[1]
+        positions = full_positions(case, positions)
+        rows = _cache_rows(case, positions)
+        if case.positions.kind == "offsets" and rows is not None and rows + length <= 2**16:
+            cos64, sin64 = full_tables(case, np.arange(int(positions.max()) + 1))
+            offsets, indexing = positions[:, 0].astype(np.int32), "cos/sin by position; offsets: each row's first"
+        else:
+            cos64, sin64 = full_tables(case, positions.reshape(-1))
+            offsets, indexing = (np.arange(batch) * length).astype(np.int32), "a cos/sin row per token; offsets: b * L"
+        dtype = arrays_dtype(case)
+        return FlashPlan(
+            cos=cos64.astype(dtype),
+            sin=sin64.astype(dtype),
+            offsets=offsets,
+            indexing=indexing,
+            interleaved=case.pairing == "interleaved",
+            in_place=_accepts(self.function, "inplace") and case.seed % 2 == 1,  # type: ignore[arg-type]
+            varlen=_accepts(self.function, "cu_seqlens") and case.seed % 3 == 0,  # type: ignore[arg-type]
+        )
+
     def call(self, case: Case, arrays: Arrays) -> Call:
         assert self.function is not None
         x_np = arrays.inputs
         batch, length, heads, head_dim = x_np.shape
-        positions = full_positions(case, arrays.positions)
-        rows = _cache_rows(case, positions)
-        offsets_kind = case.positions.kind == "offsets" and rows is not None and rows + length <= 2**16
-        if offsets_kind:  # a table indexed by position, the rows' first positions as seqlen_offsets
-            cos64, sin64 = full_tables(case, np.arange(int(positions.max()) + 1))
-            offsets = positions[:, 0].astype(np.int32)
-        else:  # one table row per token: row b's tokens at offset b * L
-            cos64, sin64 = full_tables(case, positions.reshape(-1))
-            offsets = (np.arange(batch) * length).astype(np.int32)
-        cos_np, sin_np = cos64.astype(x_np.dtype), sin64.astype(x_np.dtype)
-        x, cos, sin = self.native(x_np), self.native(cos_np), self.native(sin_np)
-        kw: dict[str, Any] = {"seqlen_offsets": self.native(offsets)}
-        if case.pairing == "interleaved":
+        plan = self.plan(case, x_np.shape, arrays.positions)
+        x, cos, sin = self.native(x_np), self.native(plan.cos), self.native(plan.sin)
+        kw: dict[str, Any] = {"seqlen_offsets": self.native(plan.offsets)}
+        if plan.interleaved:
             kw["interleaved"] = True
-        in_place = _accepts(self.function, "inplace") and case.seed % 2 == 1
-        if in_place:
+        if plan.in_place:
             kw["inplace"] = True
-        varlen = _accepts(self.function, "cu_seqlens") and case.seed % 3 == 0
         arg = x
-        if varlen:
+        if plan.varlen:
             arg = x.reshape(batch * length, heads, head_dim)
             kw |= {"cu_seqlens": self.native((np.arange(batch + 1) * length).astype(np.int32)), "max_seqlen": length}
         out = self.invoke(arg, cos, sin, **kw)
-        value = (arg if in_place else out).reshape(x_np.shape)
-        watched = [("cos", cos, cos_np), ("sin", sin, sin_np)] + ([] if in_place else [("x", x, x_np)])
-        return Call([Output("x (in place)" if in_place else "out", value, x_np, x, in_place)], watched)
+        value = (arg if plan.in_place else out).reshape(x_np.shape)
+        watched = [("cos", cos, plan.cos), ("sin", sin, plan.sin)] + ([] if plan.in_place else [("x", x, x_np)])
+        label = "x (in place)" if plan.in_place else "out"
+        return Call([Output(label, value, x_np, x, plan.in_place)], watched)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlashPlan:
+    """The flash_attn convention's call of one case: cos/sin [S, H/2] in the inputs' dtype, the int32
+    seqlen_offsets, how rows are indexed (words), and the options passed."""
+
+    cos: np.ndarray
+    sin: np.ndarray
+    offsets: np.ndarray
+    indexing: str
+    interleaved: bool
+    in_place: bool
+    varlen: bool
 
 
 @dataclasses.dataclass

@@ -226,7 +226,7 @@ def hf_tables(
     return imports, setup
 
 
-_NATIVE_ANGLES = {  # the angles as the framework's array, in their own dtype
+_NATIVE_AS_IS = {  # an array as the framework's array, in its own dtype
     "numpy": "{0}",
     "torch": "to_torch({0}).to(DEVICE)",
     "jax": "jax.device_put({0}, device)",
@@ -241,7 +241,42 @@ def angles_call(*, framework: str, angles: np.ndarray, keywords: dict[str, Any])
     return (
         _array_source("FREQS", angles)
         + "apply = impl  # called as the check called it: per-lane angles of SPEC's frequencies, heads axis 1\n"
-        + f"impl = lambda v, p: apply({_NATIVE_ANGLES[framework].format('FREQS')}, v{kw})  # noqa: E731\n"
+        + f"impl = lambda v, p: apply({_NATIVE_AS_IS[framework].format('FREQS')}, v{kw})  # noqa: E731\n"
+    )
+
+
+_COPY = {"numpy": "{0}.copy()", "torch": "{0}.clone()", "jax": "{0}"}
+
+
+def flash_call(*, framework: str, plan: Any, shape: tuple[int, ...]) -> str:
+    """The flash_attn convention as reproducer source: lines after the arrays that rebind ``impl`` to
+    ``v, positions -> output``, calling it as the check did (``plan``: conventions.FlashPlan, its
+    tables, seqlen_offsets and options; x [B, L, N, H] of ``shape``)."""
+    batch, length, heads, head_dim = shape
+    as_is, table = _NATIVE_AS_IS[framework], _NATIVE[framework][1]
+    keywords = [f"seqlen_offsets={as_is.format('OFFSETS')}"]
+    keywords += ["interleaved=True"] if plan.interleaved else []
+    keywords += ["inplace=True"] if plan.in_place else []
+    arg = _COPY[framework].format("v") if plan.in_place else "v"
+    if plan.varlen:
+        arg += f".reshape({batch * length}, {heads}, {head_dim})"
+        cu_seqlens = as_is.format(f"np.arange({batch + 1}, dtype=np.int32) * {length}")
+        keywords += [f"cu_seqlens={cu_seqlens}", f"max_seqlen={length}"]
+    body = [
+        f"arg = {arg}" + ("  # a copy: inplace=True rotates its argument" if plan.in_place else ""),
+        f"cos, sin = {table.format('COS')}, {table.format('SIN')}",
+        "out = apply(arg, cos, sin, " + ", ".join(keywords) + ")",
+        f"return {'arg' if plan.in_place else 'out'}.reshape(v.shape)",
+    ]
+    if len(body[2]) > 112:  # one keyword a line
+        body[2:3] = ["out = apply(", "    arg,", "    cos,", "    sin,", *(f"    {k}," for k in keywords), ")"]
+    return (
+        _array_source("COS", plan.cos)
+        + _array_source("SIN", plan.sin)
+        + _array_source("OFFSETS", plan.offsets)
+        + "apply = impl\n\n\n"
+        + f"def impl(v, p):  # the check's call ({plan.indexing})\n"
+        + "".join(f"    {line}\n" for line in body)
     )
 
 

@@ -433,3 +433,37 @@ def test_angles_reproducer_holds_the_angles_the_check_passed(tmp_path: Path):
     )
     rc, err = _run_script(fixed, tmp_path)
     assert rc == 0, err[-2000:]
+
+
+def bf16_tables_flash(x, cos, sin, interleaved=False, inplace=False, seqlen_offsets=0, cu_seqlens=None,
+                      max_seqlen=None):  # fmt: skip
+    """flash-attn's apply_rotary_emb with its cos/sin rounded to bfloat16 first."""
+    cos, sin = cos.bfloat16().to(cos.dtype), sin.bfloat16().to(sin.dtype)
+    return outside.flash_apply_rotary_emb(x, cos, sin, interleaved, inplace, seqlen_offsets, cu_seqlens, max_seqlen)
+
+
+def test_flash_reproducers_call_as_the_check_called(tmp_path: Path):
+    """The flash_attn convention: each script holds the tables and seqlen_offsets the check passed and
+    the same options (interleaved, inplace on a copy, cu_seqlens over flattened tokens); each exits 1
+    alone and 0 with the correct function in its place."""
+    from p_rope.conformance.targets import load_callable
+
+    function, statement = load_callable(f"{__file__}:bf16_tables_flash")
+    names = ("p0.5-interleaved", "w2-H34", "negative-positions")
+    outcome = check(function, import_statement=statement, dtypes=("float32",), names=names, max_reproducers=3)
+    assert outcome.signature == "flash_attn" and outcome.grade == "fail", outcome.causes
+    texts = list(outcome.reproducers.values())
+    assert len(texts) == 3 and all("OFFSETS = np.array(" in t and "seqlen_offsets=" in t for t in texts)
+    joined = "".join(texts)
+    assert "interleaved=True" in joined and "inplace=True" in joined and "cu_seqlens=" in joined
+    for text in texts:
+        assert len(text.splitlines()) <= 90, text  # the tables take about H / 16 lines each
+        call = text[text.index("def impl(v, p):") :].split("\n\n")[0]
+        assert max(len(line) for line in call.splitlines()) <= 120, call
+        rc, err = _run_script(text, tmp_path)
+        assert rc == 1 and "x the conformant bound" in err, err[-2000:]
+        fixed = text.replace(
+            "impl = _module.bf16_tables_flash\n", f"import {OUTSIDE}\nimpl = {OUTSIDE}.flash_apply_rotary_emb\n"
+        )
+        rc, err = _run_script(fixed, tmp_path)
+        assert rc == 0, err[-2000:]
