@@ -323,6 +323,17 @@ def _run_script(text: str, tmp_path: Path) -> tuple[int, str]:
 OUTSIDE = "p_rope.conformance.outside"
 
 
+def _fails_alone_passes_fixed(text: str, mutant: str, correct: str, message: str, tmp_path: Path) -> None:
+    """The script exits 1 with ``message`` as written (calling ``mutant`` of this file) and 0 with
+    ``correct`` (a function of conformance/outside.py) in its place."""
+    rc, err = _run_script(text, tmp_path)
+    assert rc == 1 and message in err, err[-2000:]
+    fixed = text.replace(f"impl = _module.{mutant}\n", f"import {OUTSIDE}\nimpl = {OUTSIDE}.{correct}\n")
+    assert fixed != text
+    rc, err = _run_script(fixed, tmp_path)
+    assert rc == 0, err[-2000:]
+
+
 def test_hf_reproducer_builds_the_rotary_module_as_the_check_did(tmp_path: Path):
     """A clamped rotary module: the script builds it with the keywords the check passed, calls it on
     the position ids, applies q and k; it exits 1 alone and 0 with the correct module in its place."""
@@ -340,13 +351,7 @@ def test_hf_reproducer_with_spec_tables(tmp_path: Path):
     """No rotary module: the script holds SPEC.md's cos/sin as the check passed them."""
     text = _hf_reproducer(f"{__file__}:bf16_tables_apply", None, "gemma4-global-kv")
     assert "COS = np.array(" in text and "impl = _module.bf16_tables_apply\n" in text
-    rc, err = _run_script(text, tmp_path)
-    assert rc == 1 and "x the conformant bound" in err, err[-2000:]
-    fixed = text.replace(
-        "impl = _module.bf16_tables_apply\n", f"import {OUTSIDE}\nimpl = {OUTSIDE}.hf_apply_rotary_pos_emb\n"
-    )
-    rc, err = _run_script(fixed, tmp_path)
-    assert rc == 0, err[-2000:]
+    _fails_alone_passes_fixed(text, "bf16_tables_apply", "hf_apply_rotary_pos_emb", "x the conformant bound", tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -426,13 +431,7 @@ def test_angles_reproducer_holds_the_angles_the_check_passed(tmp_path: Path):
     assert outcome.signature == "angles" and outcome.grade == "fail", outcome.causes
     (text,) = outcome.reproducers.values()
     assert "FREQS = np.array(" in text and "seq_dim=-3" in text and len(text.splitlines()) <= 60, text
-    rc, err = _run_script(text, tmp_path)
-    assert rc == 1 and "x the conformant bound" in err, err[-2000:]
-    fixed = text.replace(
-        "impl = _module.bf16_angles_apply\n", f"import {OUTSIDE}\nimpl = {OUTSIDE}.angles_apply_rotary_emb\n"
-    )
-    rc, err = _run_script(fixed, tmp_path)
-    assert rc == 0, err[-2000:]
+    _fails_alone_passes_fixed(text, "bf16_angles_apply", "angles_apply_rotary_emb", "x the conformant bound", tmp_path)
 
 
 def bf16_tables_flash(x, cos, sin, interleaved=False, inplace=False, seqlen_offsets=0, cu_seqlens=None,
@@ -460,10 +459,6 @@ def test_flash_reproducers_call_as_the_check_called(tmp_path: Path):
         assert len(text.splitlines()) <= 90, text  # the tables take about H / 16 lines each
         call = text[text.index("def impl(v, p):") :].split("\n\n")[0]
         assert max(len(line) for line in call.splitlines()) <= 120, call
-        rc, err = _run_script(text, tmp_path)
-        assert rc == 1 and "x the conformant bound" in err, err[-2000:]
-        fixed = text.replace(
-            "impl = _module.bf16_tables_flash\n", f"import {OUTSIDE}\nimpl = {OUTSIDE}.flash_apply_rotary_emb\n"
+        _fails_alone_passes_fixed(
+            text, "bf16_tables_flash", "flash_apply_rotary_emb", "x the conformant bound", tmp_path
         )
-        rc, err = _run_script(fixed, tmp_path)
-        assert rc == 0, err[-2000:]
