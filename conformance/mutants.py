@@ -285,33 +285,9 @@ _MUTANTS = (
 MUTANTS = tuple(dataclasses.replace(m, named=NAMED[m.name]) for m in _MUTANTS)
 
 
-def correct_p_rope(
-    inputs: np.ndarray,
-    positions: Any,
-    head_dim: int,
-    max_wavelength: float = 10_000,
-    rope_percentage: float = 1.0,
-    *,
-    rotated_pairs: int | None = None,
-    scale_factor: float = 1.0,
-    pairing: str = "split_half",
-    seq_axis: int = -3,
-) -> np.ndarray:
-    """The mutants' common code with no bug: the control (the suite must grade it strict)."""
-    return broken_p_rope(
-        inputs,
-        positions,
-        head_dim,
-        max_wavelength,
-        rope_percentage,
-        rotated_pairs=rotated_pairs,
-        scale_factor=scale_factor,
-        pairing=pairing,
-        seq_axis=seq_axis,
-    )
+def _make(bug: str, name: str, doc: str) -> Callable[..., np.ndarray]:
+    """broken_p_rope with ``bug`` switched on ("" for none) under the public signature, named ``name``."""
 
-
-def _make(bug: str) -> Callable[..., np.ndarray]:
     def mutant(
         inputs: np.ndarray,
         positions: Any,
@@ -337,11 +313,14 @@ def _make(bug: str) -> Callable[..., np.ndarray]:
             bug=bug,
         )
 
-    mutant.__name__ = mutant.__qualname__ = bug
-    mutant.__doc__ = f"p-RoPE with the bug {bug!r} (see MUTANTS)."
+    mutant.__name__ = mutant.__qualname__ = name
+    mutant.__doc__ = doc
     return mutant
 
 
+correct_p_rope = _make(
+    "", "correct_p_rope", "The mutants' common code with no bug: the control (the suite must grade it strict)."
+)
 for _m in MUTANTS:
-    globals()[_m.name] = _make(_m.name)
+    globals()[_m.name] = _make(_m.name, _m.name, f"p-RoPE with the bug {_m.name!r} (see MUTANTS).")
 del _m
