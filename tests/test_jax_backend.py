@@ -438,6 +438,14 @@ SHARDING_SCRIPT = textwrap.dedent(
         out = pj.apply_p_rope_tables(jax.device_put(x, here), tables)
         assert out.devices() == {here}, (out.devices(), here)
         check(out, x, positions)
+
+    # q and k on different devices: SPEC's error (the one check that reads devices)
+    try:
+        pj.apply_p_rope_qk(jax.device_put(x, devices[0]), jax.device_put(x, devices[1]), positions, 128)
+    except ValueError as error:
+        assert "q and k must be on the same device" in str(error), error
+    else:
+        raise AssertionError("q and k on different devices were accepted")
     print("sharding ok")
     """
 )

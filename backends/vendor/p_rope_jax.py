@@ -851,13 +851,13 @@ _check_qk_call = _memoized(check_qk_call)
 _check_apply_tables = _memoized(check_apply_tables)
 
 
-def _meta(value: Any) -> ArrayMeta | NotAnArray:
-    """The metadata the checks read: dtype name, shape, and the devices of a concrete jax.Array."""
+def _meta(value: Any, device: bool = False) -> ArrayMeta | NotAnArray:
+    """The metadata the checks read: dtype name, shape and, where asked (the one check that compares
+    them, q's and k's), the devices of a concrete jax.Array."""
     if not _is_array(value):
         return NotAnArray(type(value).__name__)
-    concrete = isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
-    devices = frozenset(value.devices()) if concrete else None
-    return ArrayMeta(_dtype_name_of(value), tuple(value.shape), devices)
+    concrete = device and isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+    return ArrayMeta(_dtype_name_of(value), tuple(value.shape), frozenset(value.devices()) if concrete else None)
 
 
 def _positions_meta(positions: object) -> ArrayMeta | BadPositions:
@@ -1230,8 +1230,8 @@ def apply_p_rope_qk(
     """apply_p_rope of q and of k (heads may differ; batch axes and L may not), one table build."""
     meta = _positions_meta(positions)
     params: CallParams = _check_qk_call(
-        _meta(q),
-        _meta(k),
+        _meta(q, device=True),
+        _meta(k, device=True),
         meta,
         head_dim,
         max_wavelength,
