@@ -28,6 +28,7 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 TORCH = os.environ.get("P_ROPE_TORCH", "torch==2.13.0")
 JAX = os.environ.get("P_ROPE_JAX", "jax")  # e.g. "jax[cuda12]" or "jax[tpu]" on accelerator runners
 KERAS = "keras==3.15.1"  # check's Keras convention (tests/test_check_keras.py); Keras runs on the torch installed
+ONNX = ["onnx==1.23.2", "onnxruntime==1.32.0"]  # check's onnx convention (tests/test_check_conventions.py)
 SOURCES = ["spec", "backends", "conformance", "tools", "bench", "tests", "noxfile.py"]
 CONFORMANCE_DIR = "reports/conformance"
 
@@ -82,7 +83,8 @@ def conformance_report(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite: every backend on every available device, the suite's self-test, vendoring."""
     session.install(TORCH)
-    session.install(".[jax,torch,conformance,test,triton]", KERAS)  # triton: the fused kernel's interpreter tests
+    # triton: the fused kernel's interpreter tests on the CPU
+    session.install(".[jax,torch,conformance,test,triton]", KERAS, *ONNX)
     session.run("python", "-m", "pytest", *session.posargs)
 
 
@@ -102,7 +104,7 @@ def tests_libm(session: nox.Session) -> None:
     """The tests again with NPY_DISABLE_CPU_FEATURES set to every SIMD extension NumPy dispatches to above
     its baseline on this machine (computed here, so any CPU): a second libm path on every CI run."""
     session.install(TORCH)
-    session.install(".[jax,torch,conformance,test,triton]", KERAS)  # the environment of the tests session
+    session.install(".[jax,torch,conformance,test,triton]", KERAS, *ONNX)  # the environment of the tests session
     output = session.run("python", "-c", ABOVE_BASELINE, silent=True) or ""
     features = output.strip().splitlines()[-1].strip() if output.strip() else ""
     if not features:

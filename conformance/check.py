@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -31,13 +32,18 @@ from p_rope._params import SPEC_VERSION
 from .cases import DTYPES, Case, Positions, check_cases
 from .conventions import (
     CONVENTIONS,
+    ONNX_PROVIDERS,
     AnglesTarget,
     FlashTarget,
     HfTarget,
     KerasTarget,
+    OnnxTarget,
+    VllmTarget,
     detect_convention,
     factory_arguments,
     make_target,
+    onnx_model,
+    spec_frequencies,
 )
 from .diagnose import _unsupported, cause
 from .execute import INVALID_CALLS, CaseResult, execute, finite_json
@@ -50,14 +56,14 @@ from .repro import (
     flash_call,
     hf_tables,
     keras_layer,
+    onnx_call,
     script,
     shrink_candidates,
     shrink_head,
+    vllm_call,
 )
 from .run import LEVEL_ORDER, aggregate
 from .targets import OUR_KEYWORDS, SIGNATURES, CallableTarget, ImplementationError, UsageError, load_callable
-
-REPRODUCIBLE = (*SIGNATURES, "keras", "hf", "angles", "flash_attn")  # the conventions check writes reproducers for
 
 GRADE_NAMES = {"strict": "STRICT", "conformant": "CONFORMANT", "fail": "NOT CONFORMANT"}
 
@@ -339,7 +345,7 @@ def check(
                 outcome.mistakes[dtype] = [m.name for m in mistakes]
     if errors:
         outcome.errors = error_cases(target, timeout)
-    if repro_level is not None and signature in REPRODUCIBLE:
+    if repro_level is not None:  # every convention's call can be written down (reproduce)
         for result in outcome.failures(repro_level)[:max_reproducers]:
             if result.raised is not None and "did not return" in result.raised:
                 continue
@@ -492,15 +498,22 @@ def reproduce(
         )  # fmt: skip
     elif isinstance(target, FlashTarget):  # the tables, offsets and options the check passed
         setup = flash_call(framework=fw.name, plan=target.plan(sub, x.shape, positions), shape=x.shape)
-    elif isinstance(target, HfTarget):  # cos/sin as the check made them; k appended to x as the check's
-        hf = _hf_source(target, sub, positions, rotary_statement)
-        if hf is None:
+    elif isinstance(target, OnnxTarget):  # the graph built and fed as the check did
+        plan = target.plan(sub, x, positions)
+        setup = onnx_call(plan=plan, model_source=inspect.getsource(onnx_model), providers=ONNX_PROVIDERS)
+    elif isinstance(target, (HfTarget, VllmTarget)):  # called as the check did; k appended to x as the check's
+        found = (
+            _hf_source(target, sub, positions, rotary_statement)
+            if isinstance(target, HfTarget)
+            else _vllm_source(target, sub, x, positions)
+        )
+        if found is None:
             return None
-        imports, setup, positions = hf
+        imports, setup, positions = found
         known = import_statement.splitlines()
         import_statement += "".join(f"{line}\n" for line in imports.splitlines()
                                     if not (line.startswith("import ") and line in known))  # fmt: skip
-        if target.q_and_k:
+        if not isinstance(target, HfTarget) or target.q_and_k:
             axis = -2 if sub.seq_axis == -3 else -3
             x = np.concatenate([x, np.take(x, [x.shape[axis] - 1], axis=axis)], axis=axis)
     text = script(
@@ -542,6 +555,53 @@ def _hf_source(
     config_name = f"{config.__module__}.{config.__qualname__}" if config is not None else None
     source = hf_tables(**common, rotary=(statement, config_name, kwargs, layer_type))  # type: ignore[arg-type]
     return (*source, ids)
+
+
+def _vllm_source(
+    target: VllmTarget, case: Case, x: np.ndarray, positions: np.ndarray
+) -> tuple[str, str, np.ndarray] | None:
+    """repro.vllm_call's source for the vllm convention's call of ``case`` (imports, setup, positions);
+    None where a factory's layer is built from values a script cannot spell (arrays)."""
+    plan = target.plan(case, x.shape, positions)
+    fw, imports, layer = target.framework, "", None
+    if not target.is_kernel:
+        assert target.function is not None
+        config, kwargs = factory_arguments(target.function, case, fw, target.device, plan.rows, target.layer_type)
+        spelled: dict[str, str] = {}
+        for name, value in kwargs.items():
+            source = _spelled(value, fw)
+            if source is None:
+                return None
+            spelled[name] = source
+        layer = ", ".join(f"{k}={v}" for k, v in spelled.items())
+        if config is not None:
+            imports += f"import {config.__module__}\n"
+            layer = f"{config.__module__}.{config.__qualname__}({layer})"
+        modules = {v.rpartition(".")[0] for v in spelled.values() if v.startswith(("torch.", "jax.numpy."))}
+        imports += "".join(f"import {m}\n" for m in sorted(modules))
+    frequencies = spec_frequencies(case)
+    return (
+        imports,
+        vllm_call(framework=fw.name, plan=plan, shape=x.shape, frequencies=frequencies, layer=layer),
+        positions,
+    )
+
+
+_DTYPE_SOURCE = {"torch": "torch.{0}", "jax": "jax.numpy.{0}", "numpy": "np.{0}"}
+
+
+def _spelled(value: Any, fw: Framework) -> str | None:
+    """Python source for a factory argument: ``repr`` of a literal, or the framework's dtype of that
+    name (``torch.float32``); None for anything else (an array)."""
+    if _literal(value):
+        return repr(value)
+    if fw.name not in _DTYPE_SOURCE:
+        return None
+    for name in DTYPES:
+        if value is fw.dtype(name):
+            bfloat16 = fw.name == "numpy" and name == "bfloat16"
+            return "ml_dtypes.bfloat16" if bfloat16 else _DTYPE_SOURCE[fw.name].format(name)
+    return None
 
 
 def _literal(value: Any) -> bool:

@@ -397,37 +397,51 @@ class VllmTarget(ConventionTarget):
             return f"needs a cos/sin cache of more than {CACHE_LIMIT} entries"
         return None
 
+    def layer(self, case: Case, rows: int) -> Callable[..., Any]:
+        """What is called: the kernel itself, or the layer the factory builds for a cache of ``rows``."""
+        assert self.function is not None
+        return self.function if self.is_kernel else self.built(self.function, case, max_position=rows)
+
+    def plan(self, case: Case, x_shape: tuple[int, ...], positions: np.ndarray) -> VllmPlan:
+        """How the check calls the kernel or layer for this case: the token positions and offsets, the
+        cache a kernel is given, the keywords."""
+        batch, length, _, head_dim = x_shape
+        tokens = full_positions(case, positions).reshape(-1).astype(np.int64)
+        rows = _cache_rows(case, tokens)
+        assert rows is not None
+        offsets = None
+        layer = self.layer(case, rows)
+        if case.positions.kind == "offsets" and _accepts(getattr(layer, "forward", layer), "offsets"):
+            # per-sequence offsets: positions 0 .. L-1 in each row, the row's first position as its offset
+            offsets = np.repeat(tokens.reshape(batch, length)[:, :1], length, axis=1).reshape(-1)
+            tokens = tokens - offsets
+        if not self.is_kernel:
+            return VllmPlan(tokens, offsets, rows, None, {})
+        names, _ = _names(layer)
+        cache = None
+        if "cos_sin_cache" in names:
+            cos, sin = full_tables(case, np.arange(rows))
+            cache = np.concatenate([cos, sin], axis=-1).astype(table_dtype(case))
+        keywords = {"head_size": head_dim, "is_neox": case.pairing == "split_half"}
+        return VllmPlan(tokens, offsets, rows, cache, {k: v for k, v in keywords.items() if k in names})
+
     def call(self, case: Case, arrays: Arrays) -> Call:
         x_np, k_np = arrays.inputs, self.second_input(case, arrays)
         batch, length, heads, head_dim = x_np.shape
-        positions = full_positions(case, arrays.positions).reshape(-1).astype(np.int64)
-        rows = _cache_rows(case, positions)
-        assert rows is not None
+        plan = self.plan(case, x_np.shape, arrays.positions)
         query = self.native(x_np.reshape(batch * length, heads * head_dim))
         key = self.native(k_np.reshape(batch * length, head_dim))
-        extra: dict[str, Any] = {}
-        assert self.function is not None
-        target: Callable[..., Any] = (
-            self.function if self.is_kernel else self.built(self.function, case, max_position=rows)
-        )
-        if case.positions.kind == "offsets" and _accepts(getattr(target, "forward", target), "offsets"):
-            # per-sequence offsets: positions 0 .. L-1 in each row, the row's first position as its offset
-            first = np.repeat(positions.reshape(batch, length)[:, :1], length, axis=1).reshape(-1)
-            offsets_np = first.astype(np.int64)
-            positions = positions - offsets_np
-            extra["offsets"] = self.native(offsets_np)
-        pos = self.native(positions)
-        watched: list[tuple[str, Any, np.ndarray]] = [("positions", pos, positions)]
+        pos = self.native(plan.positions)
+        extra: dict[str, Any] = {} if plan.offsets is None else {"offsets": self.native(plan.offsets)}
+        watched: list[tuple[str, Any, np.ndarray]] = [("positions", pos, plan.positions)]
         if self.is_kernel:
-            cos, sin = full_tables(case, np.arange(rows))
-            cache_np = np.concatenate([cos, sin], axis=-1).astype(table_dtype(case))
-            cache = self.native(cache_np)
-            values = {"head_size": head_dim, "cos_sin_cache": cache, "is_neox": case.pairing == "split_half"}
-            names, _ = _names(self.function)
-            result = self.invoke(pos, query, key, **{k: v for k, v in values.items() if k in names}, **extra)
-            watched.append(("cos_sin_cache", cache, cache_np))
+            if plan.cache is not None:
+                cache = self.native(plan.cache)
+                extra["cos_sin_cache"] = cache
+                watched.append(("cos_sin_cache", cache, plan.cache))
+            result = self.invoke(pos, query, key, **plan.keywords, **extra)
         else:
-            result = target(pos, query, key, **extra)
+            result = self.layer(case, plan.rows)(pos, query, key, **extra)
         if isinstance(result, tuple) and len(result) == 2 and result[0] is not None:
             q_out, k_out = result
             in_place = False
@@ -438,6 +452,20 @@ class VllmTarget(ConventionTarget):
             Output("key", k_out.reshape(k_np.shape), k_np, None, in_place),
         ]
         return Call(outputs, watched)
+
+
+@dataclasses.dataclass(frozen=True)
+class VllmPlan:
+    """The vllm convention's call of one case: int64 token positions [T] (less the offsets where the
+    layer takes per-sequence offsets), those offsets or None, the cache's rows, and for a kernel the
+    cos/sin cache [rows, H] (cos then sin, full width; None where it takes none) and the keywords it
+    takes of head_size and is_neox."""
+
+    positions: np.ndarray
+    offsets: np.ndarray | None
+    rows: int
+    cache: np.ndarray | None
+    keywords: dict[str, Any]
 
 
 @dataclasses.dataclass
@@ -557,57 +585,79 @@ class AnglesTarget(ConventionTarget):
         return {"seq_dim": case.seq_axis} if _accepts(self.function, "seq_dim") else {}  # type: ignore[arg-type]
 
 
+def onnx_model(inputs: list[tuple[str, np.ndarray]], attributes: dict[str, int]) -> bytes:
+    """A one-node ONNX graph (opset 23): RotaryEmbedding of the named inputs (X, cos_cache, sin_cache
+    and, where given, position_ids; any leading sizes) into Y, with ``attributes``; serialized.
+    Reproducers hold this function's source as it is."""
+    import onnx
+    from onnx import helper
+
+    def value(name: str, array: np.ndarray) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), [None] * array.ndim)
+
+    node = helper.make_node("RotaryEmbedding", [name for name, _ in inputs], ["Y"], **attributes)  # type: ignore[arg-type]
+    output = value("Y", inputs[0][1])
+    graph = helper.make_graph([node], "p_rope_check", [value(name, array) for name, array in inputs], [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 @dataclasses.dataclass
 class OnnxTarget(ConventionTarget):
-    """ONNX's RotaryEmbedding (opset 23): a one-node graph per parameter set, run by the session class
-    named (onnxruntime's ``InferenceSession``), with full-width caches (cos 1, sin 0 on NoPE pairs)."""
+    """ONNX's RotaryEmbedding (opset 23): a one-node graph per parameter set (onnx_model), run by the
+    session class named (onnxruntime's ``InferenceSession``), with full-width caches (cos 1, sin 0 on
+    NoPE pairs)."""
 
     def supports(self, case: Case) -> str | None:
         return self.common(case)
 
-    def _session(self, case: Case, inputs: list[tuple[str, np.ndarray]], attributes: dict[str, int]) -> Any:
-        key = ("onnx", case.dtype, tuple((n, a.ndim) for n, a in inputs), tuple(sorted(attributes.items())))
-        if key not in self._built:
-            import onnx
-            from onnx import helper
-
-            values = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim)
-                      for n, a in inputs]  # fmt: skip
-            x = inputs[0][1]
-            output = helper.make_tensor_value_info("Y", helper.np_dtype_to_tensor_dtype(x.dtype), [None] * x.ndim)
-            node = helper.make_node("RotaryEmbedding", [n for n, _ in inputs], ["Y"], **attributes)  # type: ignore[arg-type]
-            graph = helper.make_graph([node], "p_rope_check", values, [output])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
-            onnx.checker.check_model(model)
-            self._built[key] = self.invoke(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        return self._built[key]
-
-    def call(self, case: Case, arrays: Arrays) -> Call:
-        x_np = arrays.inputs
-        positions = full_positions(case, arrays.positions)
+    def plan(self, case: Case, x_np: np.ndarray, positions: np.ndarray) -> OnnxPlan:
+        """How the check runs this case: the graph's inputs (X, the caches in the inputs' dtype, and
+        position_ids where the caches are indexed by position) and attributes."""
+        positions = full_positions(case, positions)
         batch, length = positions.shape
-        heads = case.heads
         rows = _cache_rows(case, positions)
         by_id = rows is not None and rows * case.head_dim <= 2**22 and case.seed % 2 == 0
         if by_id and rows is not None:  # a position-indexed cache and position_ids
             cos64, sin64 = full_tables(case, np.arange(rows))
         else:  # one cos/sin row per token ([B, L, H/2], no position_ids): any position
             cos64, sin64 = full_tables(case, positions)
-        cos, sin = cos64.astype(x_np.dtype), sin64.astype(x_np.dtype)
         attributes = {"interleaved": int(case.pairing == "interleaved")}
         if case.seq_axis == -3:  # [B, L, N*H] with num_heads
-            x = x_np.reshape(batch, length, heads * case.head_dim)
-            attributes["num_heads"] = heads
+            x = x_np.reshape(batch, length, case.heads * case.head_dim)
+            attributes["num_heads"] = case.heads
         else:  # [B, N, L, H]
             x = x_np
-        inputs = [("X", x), ("cos_cache", cos), ("sin_cache", sin)]
+        inputs = [("X", x), ("cos_cache", cos64.astype(x_np.dtype)), ("sin_cache", sin64.astype(x_np.dtype))]
         if by_id:
             inputs.append(("position_ids", positions.astype(np.int64)))
-        session = self._session(case, inputs, attributes)
-        feeds = {name: array.copy() for name, array in inputs}
-        (out,) = session.run(["Y"], feeds)
-        watched = [(name, feeds[name], array) for name, array in inputs]
+        return OnnxPlan(inputs, attributes)
+
+    def _session(self, case: Case, plan: OnnxPlan) -> Any:
+        key = ("onnx", case.dtype, tuple((n, a.ndim) for n, a in plan.inputs), tuple(sorted(plan.attributes.items())))
+        if key not in self._built:
+            self._built[key] = self.invoke(onnx_model(plan.inputs, plan.attributes), providers=ONNX_PROVIDERS)
+        return self._built[key]
+
+    def call(self, case: Case, arrays: Arrays) -> Call:
+        x_np = arrays.inputs
+        plan = self.plan(case, x_np, arrays.positions)
+        feeds = {name: array.copy() for name, array in plan.inputs}
+        (out,) = self._session(case, plan).run(["Y"], feeds)
+        watched = [(name, feeds[name], array) for name, array in plan.inputs]
         return Call([Output("out", np.asarray(out).reshape(x_np.shape), x_np, feeds["X"])], watched)
+
+
+ONNX_PROVIDERS = ["CPUExecutionProvider"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxPlan:
+    """The onnx convention's run of one case: the graph's named inputs and its attributes."""
+
+    inputs: list[tuple[str, np.ndarray]]
+    attributes: dict[str, int]
 
 
 # Keras layers: the parameters a layer's constructor may declare (every synonym declared is passed).

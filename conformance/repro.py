@@ -280,6 +280,83 @@ def flash_call(*, framework: str, plan: Any, shape: tuple[int, ...]) -> str:
     )
 
 
+def vllm_call(
+    *, framework: str, plan: Any, shape: tuple[int, ...], frequencies: np.ndarray, layer: str | None = None
+) -> str:
+    """The vllm convention as reproducer source: lines after the arrays that rebind ``impl`` to
+    ``v, positions -> output``. q (v but its last head) and k (that head) are flattened to [T, N*H]
+    and [T, H] as copies and passed with the token positions, offsets, cache and keywords the check
+    passed (``plan``: conventions.VllmPlan; x [B, L, N, H] of ``shape``); the output is q's and k's
+    side by side. ``layer``: the arguments a factory built the layer with, as source (None: ``impl``
+    is the kernel). A cache is written as SPEC.md's cos/sin of every row from ``frequencies``
+    (float64 NumPy, rounded to the cache's dtype), the rows the case reads as the check passed them."""
+    batch, length, heads, head_dim = shape
+    as_is, copy, cat = _NATIVE_AS_IS[framework], _COPY[framework], _NATIVE[framework][0]
+    source = _array_source("POSITIONS", plan.positions)
+    keywords = [f"{k}={v!r}" for k, v in plan.keywords.items()]
+    if plan.offsets is not None:
+        source += _array_source("OFFSETS", plan.offsets)
+        keywords.append(f"offsets={as_is.format('OFFSETS')}")
+    if plan.cache is not None:
+        read = plan.positions + (0 if plan.offsets is None else plan.offsets)
+        rows = np.unique(read)
+        source += _array_source("FREQ", frequencies.astype(np.float64))
+        source += _array_source("READ", rows) + _array_source("CACHE_ROWS", plan.cache[rows])
+        source += (
+            f"angle = np.arange({plan.rows}, dtype=np.float64)[:, None] * FREQ  # SPEC.md's angles, every row\n"
+            f"CACHE = np.concatenate([np.cos(angle), np.sin(angle)], axis=-1).astype(np.{plan.cache.dtype.name})\n"
+            "CACHE[READ] = CACHE_ROWS  # the rows this case reads, as the check passed them\n"
+        )
+        keywords.append(f"cos_sin_cache={as_is.format('CACHE')}")
+    if layer is None:
+        source += "apply = impl  # the kernel\n"
+    else:
+        source += _construct("apply = impl", layer).replace("as check built it", "the layer, as check built it")
+        if framework == "torch":
+            source += "apply = apply.to(DEVICE) if callable(getattr(apply, 'to', None)) else apply\n"
+    tokens = batch * length
+    call = "result = apply(" + ", ".join([as_is.format("POSITIONS"), "query", "key", *keywords]) + ")"
+    if len(call) > 112:  # one argument a line
+        arguments = [as_is.format("POSITIONS"), "query", "key", *keywords]
+        call = "result = apply(\n" + "".join(f"        {a},\n" for a in arguments) + "    )"
+    body = [
+        f"query = {copy.format(f'v[..., :-1, :].reshape({tokens}, {heads * head_dim})')}",
+        f"key = {copy.format(f'v[..., -1:, :].reshape({tokens}, {head_dim})')}",
+        call,
+        "in_place = not (isinstance(result, tuple) and len(result) == 2 and result[0] is not None)",
+        "q_out, k_out = (query, key) if in_place else result",
+        f"return {cat}([q_out.reshape({shape}), k_out.reshape({(batch, length, 1, head_dim)})], -2)",
+    ]
+    return (
+        source
+        + "\n\ndef impl(v, p):  # the check's call: q = v but its last head, k = that head, as copies\n"
+        + "".join(f"    {line}\n" for line in body)
+    )
+
+
+def onnx_call(*, plan: Any, model_source: str, providers: list[str]) -> str:
+    """The onnx convention as reproducer source: ``model_source`` (the function that builds the graph,
+    conventions.onnx_model), the caches and position ids the check fed (``plan``: conventions.OnnxPlan),
+    and ``impl`` rebound to ``v, positions -> output``: the session class named runs the graph on v
+    (as [B, L, N*H] with num_heads where the check did so)."""
+    (_, x), *rest = plan.inputs
+    source = "\n" + model_source.rstrip("\n") + "\n\n\n" + "".join(_array_source(n.upper(), a) for n, a in rest)
+    feeds = [f"('X', v.reshape({x.shape}))", *(f"({n!r}, {n.upper()})" for n, _ in rest)]
+    body = [
+        *(["inputs = [" + ", ".join(feeds) + "]"] if len(", ".join(feeds)) <= 100 else
+          ["inputs = [", *(f"    {f}," for f in feeds), "]"]),
+        f"session = apply(onnx_model(inputs, {plan.attributes!r}), providers={providers!r})",
+        "(out,) = session.run(['Y'], dict(inputs))",
+        "return np.asarray(out).reshape(v.shape)",
+    ]  # fmt: skip
+    return (
+        source
+        + "apply = impl  # the session class\n\n\n"
+        + "def impl(v, p):  # the check's run: the one-node graph on v, the caches as the check fed them\n"
+        + "".join(f"    {line}\n" for line in body)
+    )
+
+
 def call_options(
     framework: str, *, autocast: str | None = None, compile: bool = False, keras_backend: str | None = None
 ) -> tuple[str, str]:
@@ -316,7 +393,7 @@ def script(
     ``impl`` to ``x, positions -> output`` (a convention's call, e.g. keras_layer's), the call then
     passing only those two."""
     needs_ml = x.dtype.name == "bfloat16"
-    extra = ["keras"] if signature == "keras" else []
+    extra = {"keras": ["keras"], "onnx": ["onnx"]}.get(signature, [])
     needs = ", ".join(
         ["numpy"] + (["ml_dtypes"] if needs_ml else []) + extra + ([framework] if framework != "numpy" else [])
     )

@@ -462,3 +462,103 @@ def test_flash_reproducers_call_as_the_check_called(tmp_path: Path):
         _fails_alone_passes_fixed(
             text, "bf16_tables_flash", "flash_apply_rotary_emb", "x the conformant bound", tmp_path
         )
+
+
+class Bf16CacheEngine(outside.EngineRotary):
+    """EngineRotary with its cos/sin cache rounded to bfloat16."""
+
+    def __init__(self, head_size, max_position_embeddings, base, is_neox_style=True, rope_proportion=1.0, factor=1.0):
+        super().__init__(head_size, max_position_embeddings, base, is_neox_style, rope_proportion, factor)
+        self.cos_sin_cache = self.cos_sin_cache.bfloat16().float()
+
+
+def bf16_cache_kernel(positions, query, key, head_size, cos_sin_cache, is_neox):
+    """_vllm_kernel with the cache it is given rounded to bfloat16."""
+    _vllm_kernel(positions, query, key, head_size, cos_sin_cache.bfloat16().to(cos_sin_cache.dtype), is_neox)
+
+
+def test_vllm_reproducers_call_as_the_check_called(tmp_path: Path):
+    """The vllm convention: a factory's layer is built with the keywords the check passed and called on
+    the token positions (and per-sequence offsets); a kernel gets the cache (SPEC.md's rows, those the
+    case reads as the check passed them) and head_size / is_neox. q and k are copies of the flattened
+    tokens. Each script exits 1 alone and 0 with the correct engine or kernel in its place."""
+    from p_rope.conformance.targets import load_callable
+
+    names = ("p0.58-H100-R28", "p0.5-interleaved")  # offsets: split-half with offsets; interleaved
+    layer, statement = load_callable(f"{__file__}:Bf16CacheEngine")
+    outcome = check(layer, import_statement=statement, signature="vllm", dtypes=("float32",), names=names,
+                    max_reproducers=2)  # fmt: skip
+    assert outcome.grade == "fail" and len(outcome.reproducers) == 2, outcome.causes
+    texts = list(outcome.reproducers.values())
+    assert all("apply = impl(" in t and "max_position_embeddings=" in t and "POSITIONS = np.array(" in t for t in texts)
+    assert "is_neox_style=False" in "".join(texts) and "offsets=to_torch(OFFSETS)" in "".join(texts)
+    for text in texts:
+        assert len(text.splitlines()) <= 80 and max(len(line) for line in text.splitlines()) <= 160, text
+        _fails_alone_passes_fixed(text, "Bf16CacheEngine", "EngineRotary", "x the conformant bound", tmp_path)
+
+    kernel, statement = load_callable(f"{__file__}:bf16_cache_kernel")
+    outcome = check(kernel, import_statement=statement, dtypes=("float32",), names=names, max_reproducers=2)
+    assert outcome.signature == "vllm" and len(outcome.reproducers) == 2, outcome.causes
+    for text in outcome.reproducers.values():
+        assert "CACHE[READ] = CACHE_ROWS" in text and "is_neox=" in text and "head_size=" in text, text
+        rc, err = _run_script(text, tmp_path)
+        assert rc == 1 and "x the conformant bound" in err, err[-2000:]
+        fixed = text.replace("impl = _module.bf16_cache_kernel\n", "impl = _module._vllm_kernel\n")
+        assert fixed != text
+        rc, err = _run_script(fixed, tmp_path)
+        assert rc == 0, err[-2000:]
+
+
+class FrequencyEngine(Bf16CacheEngine):
+    def __init__(self, head_size, max_position_embeddings, base, inv_freq):
+        super().__init__(head_size, max_position_embeddings, base)
+
+
+def test_vllm_reproducer_is_not_written_for_a_layer_built_from_arrays():
+    """A factory taking the suite's frequency tensor cannot be spelled in a script: no reproducer, no error."""
+    outcome = check(FrequencyEngine, signature="vllm", dtypes=("float32",), names=("p0.5-interleaved",))
+    assert outcome.grade == "fail" and outcome.reproducers == {} and outcome.repro_notes == {}
+
+
+BF16_SESSION = '''
+import ml_dtypes
+import onnxruntime
+
+
+class Bf16CacheSession(onnxruntime.InferenceSession):
+    """onnxruntime's session with the caches it is fed rounded to bfloat16."""
+
+    def run(self, names, feeds):
+        rounded = {k: v.astype(ml_dtypes.bfloat16).astype(v.dtype) if "cache" in k else v for k, v in feeds.items()}
+        return super().run(names, rounded)
+'''
+
+
+def test_onnx_reproducers_run_the_graph_the_check_ran(tmp_path: Path):
+    """The onnx convention: each script builds the one-node graph with the check's own function (its
+    source, as it is), feeds the caches (and position ids) the check fed, and runs it with the session
+    class named; it exits 1 with a session that rounds the caches, 0 with onnxruntime's own."""
+    _needs("onnxruntime")
+    _needs("onnx")
+    from p_rope.conformance.targets import load_callable
+
+    path = tmp_path / "bf16_session.py"
+    path.write_text(BF16_SESSION)
+    session, statement = load_callable(f"{path}:Bf16CacheSession")
+    names = ("gemma4-global-kv", "p0.5-interleaved", "llama-hf-layout-packed")
+    outcome = check(session, import_statement=statement, signature="onnx", dtypes=("float32",), names=names,
+                    max_reproducers=3)  # fmt: skip
+    assert outcome.grade == "fail" and len(outcome.reproducers) == 3, outcome.causes
+    joined = "".join(outcome.reproducers.values())
+    assert "'interleaved': 1" in joined and "'num_heads': " in joined and "POSITION_IDS = np.array(" in joined
+    for text in outcome.reproducers.values():
+        assert "def onnx_model(" in text and "COS_CACHE = np.array(" in text, text
+        assert len(text.splitlines()) <= 90 and max(len(line) for line in text.splitlines()) <= 160, text
+        rc, err = _run_script(text, tmp_path)
+        assert rc == 1 and "x the conformant bound" in err, err[-2000:]
+        fixed = text.replace(
+            "impl = _module.Bf16CacheSession\n", "import onnxruntime\nimpl = onnxruntime.InferenceSession\n"
+        )
+        assert fixed != text
+        rc, err = _run_script(fixed, tmp_path)
+        assert rc == 0, err[-2000:]
