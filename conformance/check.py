@@ -51,6 +51,7 @@ from .frameworks import Framework, KerasPolicy, framework, uses_keras
 from .harness import Watchdog, deadline
 from .repro import (
     angles_call,
+    angles_rotary_call,
     call_options,
     describe_result,
     flash_call,
@@ -488,9 +489,7 @@ def reproduce(
         import_statement, setup = keras_layer(
             import_statement, method=method, constructor=constructor, positions=positions_name, keywords=keywords
         )
-    elif isinstance(target, AnglesTarget):  # the angles as the check made them (not a rotary module's)
-        if target.rotary is not None:
-            return None
+    elif isinstance(target, AnglesTarget) and target.rotary is None:  # the angles as the check made them
         angles = target.spec_angles(sub, positions)
         setup = angles_call(
             framework=fw.name, angles=angles.reshape(target.with_heads_axis(sub, angles.shape)),
@@ -501,19 +500,20 @@ def reproduce(
     elif isinstance(target, OnnxTarget):  # the graph built and fed as the check did
         plan = target.plan(sub, x, positions)
         setup = onnx_call(plan=plan, model_source=inspect.getsource(onnx_model), providers=ONNX_PROVIDERS)
-    elif isinstance(target, (HfTarget, VllmTarget)):  # called as the check did; k appended to x as the check's
-        found = (
-            _hf_source(target, sub, positions, rotary_statement)
-            if isinstance(target, HfTarget)
-            else _vllm_source(target, sub, x, positions)
-        )
+    elif isinstance(target, (HfTarget, VllmTarget, AnglesTarget)):  # a module or layer built as the check did
+        if isinstance(target, HfTarget):
+            found = _hf_source(target, sub, positions, rotary_statement)
+        elif isinstance(target, VllmTarget):
+            found = _vllm_source(target, sub, x, positions)
+        else:
+            found = _angles_source(target, sub, positions, rotary_statement)
         if found is None:
             return None
         imports, setup, positions = found
         known = import_statement.splitlines()
         import_statement += "".join(f"{line}\n" for line in imports.splitlines()
                                     if not (line.startswith("import ") and line in known))  # fmt: skip
-        if not isinstance(target, HfTarget) or target.q_and_k:
+        if isinstance(target, VllmTarget) or (isinstance(target, HfTarget) and target.q_and_k):  # k appended
             axis = -2 if sub.seq_axis == -3 else -3
             x = np.concatenate([x, np.take(x, [x.shape[axis] - 1], axis=axis)], axis=axis)
     text = script(
@@ -544,17 +544,39 @@ def _hf_source(
                   keywords=target.call_keywords(case))  # fmt: skip
     if target.rotary is None:
         return (*hf_tables(**common, tables=target.spec_tables(case, positions)), positions)  # type: ignore[arg-type]
-    rotary, fw, ids = target.rotary, target.framework, positions.astype(np.int64)
+    ids = positions.astype(np.int64)
     maximum = target.max_position(ids)
-    config, kwargs = factory_arguments(rotary, case, fw, target.device, maximum, target.layer_type)
-    if not _literal(kwargs):
+    built = _factory_source(target.rotary, case, target.framework, target.device, maximum, target.layer_type)
+    if built is None:
         return None
-    module = target.built(rotary, case, max_position=maximum)
+    imports, arguments = built
+    module = target.built(target.rotary, case, max_position=maximum)
     layer_type = target.layer_type if target.passes_layer_type(module) else None
+    rotary = target.rotary
     statement = rotary_statement or f"import {rotary.__module__}\nimpl = {rotary.__module__}.{rotary.__qualname__}\n"
-    config_name = f"{config.__module__}.{config.__qualname__}" if config is not None else None
-    source = hf_tables(**common, rotary=(statement, config_name, kwargs, layer_type))  # type: ignore[arg-type]
-    return (*source, ids)
+    source = hf_tables(**common, rotary=(statement, arguments, layer_type))  # type: ignore[arg-type]
+    return (imports + source[0], source[1], ids)
+
+
+def _angles_source(
+    target: AnglesTarget, case: Case, positions: np.ndarray, rotary_statement: str
+) -> tuple[str, str, np.ndarray] | None:
+    """repro.angles_rotary_call's source for the angles convention with a rotary module (imports, setup,
+    positions); None where the module is built from values a script cannot spell."""
+    assert target.rotary is not None
+    given = target.rotary_positions(case, positions)
+    maximum = target.max_position(given)
+    built = _factory_source(target.rotary, case, target.framework, target.device, maximum, target.layer_type)
+    if built is None:
+        return None
+    imports, arguments = built
+    rotary = target.rotary
+    statement = rotary_statement or f"import {rotary.__module__}\nimpl = {rotary.__module__}.{rotary.__qualname__}\n"
+    setup = angles_rotary_call(
+        framework=target.framework.name, device=target.device, statement=statement, arguments=arguments,
+        positions=given, heads_axis=target.heads_axis(case), keywords=target.call_keywords(case),
+    )  # fmt: skip
+    return imports + setup[0], setup[1], positions
 
 
 def _vllm_source(
@@ -566,25 +588,37 @@ def _vllm_source(
     fw, imports, layer = target.framework, "", None
     if not target.is_kernel:
         assert target.function is not None
-        config, kwargs = factory_arguments(target.function, case, fw, target.device, plan.rows, target.layer_type)
-        spelled: dict[str, str] = {}
-        for name, value in kwargs.items():
-            source = _spelled(value, fw)
-            if source is None:
-                return None
-            spelled[name] = source
-        layer = ", ".join(f"{k}={v}" for k, v in spelled.items())
-        if config is not None:
-            imports += f"import {config.__module__}\n"
-            layer = f"{config.__module__}.{config.__qualname__}({layer})"
-        modules = {v.rpartition(".")[0] for v in spelled.values() if v.startswith(("torch.", "jax.numpy."))}
-        imports += "".join(f"import {m}\n" for m in sorted(modules))
+        built = _factory_source(target.function, case, fw, target.device, plan.rows, target.layer_type)
+        if built is None:
+            return None
+        imports, layer = built
     frequencies = spec_frequencies(case)
     return (
         imports,
         vllm_call(framework=fw.name, plan=plan, shape=x.shape, frequencies=frequencies, layer=layer),
         positions,
     )
+
+
+def _factory_source(
+    factory: Callable[..., Any], case: Case, fw: Framework, device: str, max_position: int, layer_type: str
+) -> tuple[str, str] | None:
+    """(imports, the arguments) of the call that built ``factory``'s module or layer for ``case``
+    (conventions.factory_arguments), as source: its keywords, or the transformers configuration built
+    from them; None where one is a value a script cannot spell (the suite's frequency array)."""
+    config, kwargs = factory_arguments(factory, case, fw, device, max_position, layer_type)
+    spelled: dict[str, str] = {}
+    for name, value in kwargs.items():
+        source = _spelled(value, fw)
+        if source is None:
+            return None
+        spelled[name] = source
+    arguments = ", ".join(f"{k}={v}" for k, v in spelled.items())
+    modules = {v.rpartition(".")[0] for v in spelled.values() if v.startswith(("torch.", "jax.numpy."))}
+    if config is not None:
+        modules.add(config.__module__)
+        arguments = f"{config.__module__}.{config.__qualname__}({arguments})"
+    return "".join(f"import {m}\n" for m in sorted(modules)), arguments
 
 
 _DTYPE_SOURCE = {"torch": "torch.{0}", "jax": "jax.numpy.{0}", "numpy": "np.{0}"}

@@ -555,8 +555,9 @@ class AnglesTarget(ConventionTarget):
         x_np = arrays.inputs
         positions = full_positions(case, arrays.positions)
         if self.rotary is not None:
-            module = self.built(self.rotary, case, max_position=int(np.abs(positions).max(initial=0)) + 1)
-            angles = module(self.native(positions.astype(table_dtype(case))))
+            given = self.rotary_positions(case, arrays.positions)
+            module = self.built(self.rotary, case, max_position=self.max_position(given))
+            angles = module(self.native(given))
             watched: list[tuple[str, Any, np.ndarray]] = []
         else:
             angles_np = self.spec_angles(case, positions)
@@ -576,9 +577,23 @@ class AnglesTarget(ConventionTarget):
         return np.repeat(angles, 2, axis=-1)
 
     @staticmethod
-    def with_heads_axis(case: Case, shape: tuple[int, ...]) -> tuple[int, ...]:
+    def rotary_positions(case: Case, positions: np.ndarray) -> np.ndarray:
+        """The positions a rotary module is called on: [B..., L] in the table dtype."""
+        return full_positions(case, positions).astype(table_dtype(case))
+
+    @staticmethod
+    def max_position(positions: np.ndarray) -> int:
+        return int(np.abs(positions).max(initial=0)) + 1
+
+    @staticmethod
+    def heads_axis(case: Case) -> int:
+        """Where the angles get a heads axis of 1: where the inputs have theirs."""
+        return 1 if case.seq_axis == -2 else 2
+
+    @classmethod
+    def with_heads_axis(cls, case: Case, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The angles' shape with a heads axis of 1 where the inputs have theirs."""
-        axis = 1 if case.seq_axis == -2 else 2
+        axis = cls.heads_axis(case)
         return (*shape[:axis], 1, *shape[axis:])
 
     def call_keywords(self, case: Case) -> dict[str, Any]:

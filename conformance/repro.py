@@ -182,26 +182,21 @@ def hf_tables(
     heads_axis: int,
     q_and_k: bool,
     keywords: dict[str, Any],
-    rotary: tuple[str, str | None, dict[str, Any], str | None] | None = None,
+    rotary: tuple[str, str, str | None] | None = None,
     tables: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[str, str]:
     """The hf convention as reproducer source: (imports, lines after the arrays that rebind ``impl`` to
-    ``v, positions -> output``). ``rotary``: (its import statement binding ``impl``, the expression of
-    the configuration class it takes or None, the keywords the check built it (or its configuration)
-    with, the layer type passed to it or None); else ``tables``: the cos/sin arrays the check passed.
+    ``v, positions -> output``). ``rotary``: (its import statement binding ``impl``, the arguments the
+    check built it with as source (its keywords, or its configuration), the layer type passed to it or
+    None); else ``tables``: the cos/sin arrays the check passed.
     With ``q_and_k``, v is q with k (the check's: q's last head) appended on the heads axis, and the
     output is q's and k's side by side."""
     imports, setup = "", ""
     cat, native = _NATIVE[framework]
     if rotary is not None:
-        statement, config, kwargs, layer_type = rotary
+        statement, arguments, layer_type = rotary
         lines = statement.rstrip("\n").split("\n")
         lines[-1] = lines[-1].replace("impl = ", "Rotary = ", 1)
-        arguments = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        if config is not None:
-            module = config.rpartition(".")[0]
-            lines += [f"import {module}"] if module else []
-            arguments = f"{config}({arguments})"
         imports = "\n".join(lines) + "\n"
         setup = _construct("rotary = Rotary", arguments)
         if framework == "torch" and device != "cpu":
@@ -243,6 +238,36 @@ def angles_call(*, framework: str, angles: np.ndarray, keywords: dict[str, Any])
         + "apply = impl  # called as the check called it: per-lane angles of SPEC's frequencies, heads axis 1\n"
         + f"impl = lambda v, p: apply({_NATIVE_AS_IS[framework].format('FREQS')}, v{kw})  # noqa: E731\n"
     )
+
+
+def angles_rotary_call(
+    *,
+    framework: str,
+    device: str,
+    statement: str,
+    arguments: str,
+    positions: np.ndarray,
+    heads_axis: int,
+    keywords: dict[str, Any],
+) -> tuple[str, str]:
+    """The angles convention with a rotary module as reproducer source: (imports, lines after the
+    arrays that rebind ``impl`` to ``v, positions -> output``). The module (``statement`` binds it to
+    ``impl``) is built with ``arguments`` (source) and called on ``positions`` as the check passed
+    them; its angles get a heads axis of 1 at ``heads_axis`` and are passed with the input."""
+    lines = statement.rstrip("\n").split("\n")
+    lines[-1] = lines[-1].replace("impl = ", "Rotary = ", 1)
+    setup = _array_source("ROTARY_POSITIONS", positions) + _construct("rotary = Rotary", arguments)
+    if framework == "torch" and device != "cpu":
+        setup += "rotary = rotary.to(DEVICE) if callable(getattr(rotary, 'to', None)) else rotary\n"
+    kw = "".join(f", {k}={v!r}" for k, v in keywords.items())
+    setup += (
+        "apply = impl\n\n\n"
+        "def impl(v, p):  # the check's call: the rotary module's angles, a heads axis of 1 inserted\n"
+        f"    angles = rotary({_NATIVE_AS_IS[framework].format('ROTARY_POSITIONS')})\n"
+        f"    freqs = angles.reshape(tuple(angles.shape[:{heads_axis}]) + (1,) + tuple(angles.shape[{heads_axis}:]))\n"
+        f"    return apply(freqs, v{kw})\n"
+    )
+    return "\n".join(lines) + "\n", setup
 
 
 _COPY = {"numpy": "{0}.copy()", "torch": "{0}.clone()", "jax": "{0}"}

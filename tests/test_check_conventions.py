@@ -562,3 +562,45 @@ def test_onnx_reproducers_run_the_graph_the_check_ran(tmp_path: Path):
         assert fixed != text
         rc, err = _run_script(fixed, tmp_path)
         assert rc == 0, err[-2000:]
+
+
+class AnglesRotary:
+    """A rotary module of the angles convention: rotary(positions) -> the angle of each rotated lane
+    [..., L, 2R] (pairs interleaved), from float64 frequencies, in the positions' dtype."""
+
+    def __init__(self, dim, theta, rope_percentage=1.0):
+        import torch
+
+        pairs = int(rope_percentage * dim // 2)
+        self.freqs = theta ** -(torch.arange(pairs, dtype=torch.float64) * 2 / dim)
+
+    def __call__(self, positions):
+        angles = positions.double()[..., None] * self.freqs
+        return angles.repeat_interleave(2, dim=-1).to(positions.dtype)
+
+
+class Bf16AnglesRotary(AnglesRotary):
+    def __call__(self, positions):
+        angles = super().__call__(positions)
+        return angles.bfloat16().to(angles.dtype)
+
+
+def test_angles_reproducer_builds_the_rotary_module_as_the_check_did(tmp_path: Path):
+    """The angles convention with a rotary module: the script builds it with the keywords the check
+    passed and calls it on the positions as the check did (float32); it exits 1 with a module that
+    rounds its angles to bfloat16, 0 with the correct module in its place."""
+    from p_rope.conformance.targets import load_callable
+
+    function, statement = load_callable(f"{OUTSIDE}:angles_apply_rotary_emb")
+    rotary, rotary_statement = load_callable(f"{__file__}:Bf16AnglesRotary")
+    outcome = check(function, import_statement=statement, rotary=rotary, rotary_statement=rotary_statement,
+                    dtypes=("float32",), names=("p0.5-interleaved", "H6-interleaved"), max_reproducers=2)  # fmt: skip
+    assert outcome.signature == "angles" and outcome.grade == "fail" and outcome.reproducers, outcome.causes
+    for text in outcome.reproducers.values():
+        assert "Rotary = _module.Bf16AnglesRotary\n" in text and "rotary = Rotary(dim=" in text, text
+        assert "ROTARY_POSITIONS = np.array(" in text and "dtype=np.float32" in text, text
+        rc, err = _run_script(text, tmp_path)
+        assert rc == 1 and "x the conformant bound" in err, err[-2000:]
+        fixed = text.replace("Rotary = _module.Bf16AnglesRotary\n", "Rotary = _module.AnglesRotary\n")
+        rc, err = _run_script(fixed, tmp_path)
+        assert rc == 0, err[-2000:]
