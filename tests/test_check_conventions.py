@@ -334,15 +334,36 @@ def _fails_alone_passes_fixed(text: str, mutant: str, correct: str, message: str
     assert rc == 0, err[-2000:]
 
 
-def test_hf_reproducer_builds_the_rotary_module_as_the_check_did(tmp_path: Path):
-    """A clamped rotary module: the script builds it with the keywords the check passed, calls it on
-    the position ids, applies q and k; it exits 1 alone and 0 with the correct module in its place."""
-    text = _hf_reproducer(f"{OUTSIDE}:hf_apply_rotary_pos_emb", f"{__file__}:ClampedRotary", "p0-identity")
-    assert "Rotary = _module.ClampedRotary\n" in text and "partial_rotary_factor=0.0" in text
+class TypedRotary(outside.HfProportionalRotary):
+    """A rotary module that takes its dtype (as vLLM's and some HF modules do)."""
+
+    def __init__(self, head_dim, rope_theta=10_000.0, partial_rotary_factor=1.0, dtype=None):
+        super().__init__(head_dim, rope_theta, partial_rotary_factor)
+        self.dtype = dtype
+
+
+class ClampedTypedRotary(TypedRotary):
+    def __init__(self, head_dim, rope_theta=10_000.0, partial_rotary_factor=1.0, dtype=None):
+        super().__init__(head_dim, rope_theta, max(partial_rotary_factor, 2 / head_dim), dtype)
+
+
+@pytest.mark.parametrize(
+    ("mutant", "correct", "spelled"),
+    [
+        ("ClampedRotary", f"{OUTSIDE}.HfProportionalRotary", "partial_rotary_factor=0.0"),
+        ("ClampedTypedRotary", "_module.TypedRotary", "dtype=torch.float32"),
+    ],
+)
+def test_hf_reproducer_builds_the_rotary_module_as_the_check_did(mutant, correct, spelled, tmp_path: Path):
+    """A clamped rotary module: the script builds it with the keywords the check passed (a dtype as
+    torch spells it), calls it on the position ids, applies q and k; it exits 1 alone and 0 with the
+    correct module in its place."""
+    text = _hf_reproducer(f"{OUTSIDE}:hf_apply_rotary_pos_emb", f"{__file__}:{mutant}", "p0-identity")
+    assert f"Rotary = _module.{mutant}\n" in text and spelled in text and "partial_rotary_factor=0.0" in text
     assert "dtype=np.int64" in text and len(text.splitlines()) <= 64, text  # two files imported by path: ten lines
     rc, err = _run_script(text, tmp_path)
     assert rc == 1 and "NoPE lanes are not bit-identical" in err, err[-2000:]
-    fixed = text.replace("Rotary = _module.ClampedRotary\n", f"Rotary = {OUTSIDE}.HfProportionalRotary\n")
+    fixed = text.replace(f"Rotary = _module.{mutant}\n", f"Rotary = {correct}\n")
     rc, err = _run_script(fixed, tmp_path)
     assert rc == 0, err[-2000:]
 
