@@ -595,7 +595,9 @@ def _vllm_source(
     frequencies = spec_frequencies(case)
     return (
         imports,
-        vllm_call(framework=fw.name, plan=plan, shape=x.shape, frequencies=frequencies, layer=layer),
+        vllm_call(
+            framework=fw.name, device=target.device, plan=plan, shape=x.shape, frequencies=frequencies, layer=layer
+        ),
         positions,
     )
 

@@ -168,6 +168,21 @@ def _construct(head: str, arguments: str) -> str:
     return f"{head}(  # as check built it for this case\n{wrapped}\n"
 
 
+def _built(variable: str, factory: str, arguments: str, framework: str, device: str) -> str:
+    """``variable = factory(arguments)``, as check built it, moved to DEVICE (torch, off the CPU)."""
+    source = _construct(f"{variable} = {factory}", arguments)
+    if framework == "torch" and device != "cpu":
+        source += f"{variable} = {variable}.to(DEVICE) if callable(getattr({variable}, 'to', None)) else {variable}\n"
+    return source
+
+
+def _as_rotary(statement: str) -> str:
+    """An import statement that binds ``impl``, binding ``Rotary`` instead (the rotary module's class)."""
+    lines = statement.rstrip("\n").split("\n")
+    lines[-1] = lines[-1].replace("impl = ", "Rotary = ", 1)
+    return "\n".join(lines) + "\n"
+
+
 _NATIVE = {  # (concatenate, a table as the framework's array in v's dtype) in a reproducer's call
     "numpy": ("np.concatenate", "{0}"),
     "torch": ("torch.cat", "to_torch({0}).to(v.dtype).to(DEVICE)"),
@@ -195,12 +210,7 @@ def hf_tables(
     cat, native = _NATIVE[framework]
     if rotary is not None:
         statement, arguments, layer_type = rotary
-        lines = statement.rstrip("\n").split("\n")
-        lines[-1] = lines[-1].replace("impl = ", "Rotary = ", 1)
-        imports = "\n".join(lines) + "\n"
-        setup = _construct("rotary = Rotary", arguments)
-        if framework == "torch" and device != "cpu":
-            setup += "rotary = rotary.to(DEVICE) if callable(getattr(rotary, 'to', None)) else rotary\n"
+        imports, setup = _as_rotary(statement), _built("rotary", "Rotary", arguments, framework, device)
         tail = f", {layer_type!r}" if layer_type is not None else ""
         cos_sin = f"rotary(v, p{tail})  # the rotary module's, as check took them"
     else:
@@ -254,11 +264,7 @@ def angles_rotary_call(
     arrays that rebind ``impl`` to ``v, positions -> output``). The module (``statement`` binds it to
     ``impl``) is built with ``arguments`` (source) and called on ``positions`` as the check passed
     them; its angles get a heads axis of 1 at ``heads_axis`` and are passed with the input."""
-    lines = statement.rstrip("\n").split("\n")
-    lines[-1] = lines[-1].replace("impl = ", "Rotary = ", 1)
-    setup = _array_source("ROTARY_POSITIONS", positions) + _construct("rotary = Rotary", arguments)
-    if framework == "torch" and device != "cpu":
-        setup += "rotary = rotary.to(DEVICE) if callable(getattr(rotary, 'to', None)) else rotary\n"
+    setup = _array_source("ROTARY_POSITIONS", positions) + _built("rotary", "Rotary", arguments, framework, device)
     kw = "".join(f", {k}={v!r}" for k, v in keywords.items())
     setup += (
         "apply = impl\n\n\n"
@@ -267,7 +273,7 @@ def angles_rotary_call(
         f"    freqs = angles.reshape(tuple(angles.shape[:{heads_axis}]) + (1,) + tuple(angles.shape[{heads_axis}:]))\n"
         f"    return apply(freqs, v{kw})\n"
     )
-    return "\n".join(lines) + "\n", setup
+    return _as_rotary(statement), setup
 
 
 _COPY = {"numpy": "{0}.copy()", "torch": "{0}.clone()", "jax": "{0}"}
@@ -306,7 +312,7 @@ def flash_call(*, framework: str, plan: Any, shape: tuple[int, ...]) -> str:
 
 
 def vllm_call(
-    *, framework: str, plan: Any, shape: tuple[int, ...], frequencies: np.ndarray, layer: str | None = None
+    *, framework: str, device: str, plan: Any, shape: tuple[int, ...], frequencies: np.ndarray, layer: str | None
 ) -> str:
     """The vllm convention as reproducer source: lines after the arrays that rebind ``impl`` to
     ``v, positions -> output``. q (v but its last head) and k (that head) are flattened to [T, N*H]
@@ -333,12 +339,7 @@ def vllm_call(
             "CACHE[READ] = CACHE_ROWS  # the rows this case reads, as the check passed them\n"
         )
         keywords.append(f"cos_sin_cache={as_is.format('CACHE')}")
-    if layer is None:
-        source += "apply = impl  # the kernel\n"
-    else:
-        source += _construct("apply = impl", layer).replace("as check built it", "the layer, as check built it")
-        if framework == "torch":
-            source += "apply = apply.to(DEVICE) if callable(getattr(apply, 'to', None)) else apply\n"
+    source += "apply = impl  # the kernel\n" if layer is None else _built("apply", "impl", layer, framework, device)
     tokens = batch * length
     call = "result = apply(" + ", ".join([as_is.format("POSITIONS"), "query", "key", *keywords]) + ")"
     if len(call) > 112:  # one argument a line
