@@ -29,6 +29,8 @@ TORCH = os.environ.get("P_ROPE_TORCH", "torch==2.13.0")
 JAX = os.environ.get("P_ROPE_JAX", "jax")  # e.g. "jax[cuda12]" or "jax[tpu]" on accelerator runners
 KERAS = "keras==3.15.1"  # check's Keras convention (tests/test_check_keras.py); Keras runs on the torch installed
 ONNX = ["onnx==1.23.2", "onnxruntime==1.32.0"]  # check's onnx convention (tests/test_check_conventions.py)
+# The suite runs on this many worker processes (pytest-xdist); `nox -s tests -- -n 0` runs it in one.
+WORKERS = str(min(4, os.cpu_count() or 1))
 SOURCES = ["spec", "backends", "conformance", "tools", "bench", "tests", "noxfile.py"]
 CONFORMANCE_DIR = "reports/conformance"
 
@@ -85,7 +87,7 @@ def tests(session: nox.Session) -> None:
     session.install(TORCH)
     # triton: the fused kernel's interpreter tests on the CPU
     session.install(".[jax,torch,conformance,test,triton]", KERAS, *ONNX)
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", "-n", WORKERS, *session.posargs)
 
 
 # NumPy dispatches float64 sin, cos, pow, exp and log to SIMD code whose last bits depend on the CPU.
@@ -110,7 +112,7 @@ def tests_libm(session: nox.Session) -> None:
     if not features:
         session.log("NumPy reports no SIMD extension above its baseline here: the second pass takes the same path")
     session.log(f"NPY_DISABLE_CPU_FEATURES={features!r}")
-    session.run("python", "-m", "pytest", *session.posargs, env={"NPY_DISABLE_CPU_FEATURES": features})
+    session.run("python", "-m", "pytest", "-n", WORKERS, *session.posargs, env={"NPY_DISABLE_CPU_FEATURES": features})
 
 
 @nox.session(python=PYTHON)

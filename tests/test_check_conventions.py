@@ -518,8 +518,8 @@ def test_vllm_reproducers_call_as_the_check_called(tmp_path: Path):
         _fails_alone_passes_fixed(text, "Bf16CacheEngine", "EngineRotary", "x the conformant bound", tmp_path)
 
     kernel, statement = load_callable(f"{__file__}:bf16_cache_kernel")
-    outcome = check(kernel, import_statement=statement, dtypes=("float32",), names=names, max_reproducers=2)
-    assert outcome.signature == "vllm" and len(outcome.reproducers) == 2, outcome.causes
+    outcome = check(kernel, import_statement=statement, dtypes=("float32",), names=names[:1], max_reproducers=1)
+    assert outcome.signature == "vllm" and len(outcome.reproducers) == 1, outcome.causes
     for text in outcome.reproducers.values():
         assert "CACHE[READ] = CACHE_ROWS" in text and "is_neox=" in text and "head_size=" in text, text
         rc, err = _run_script(text, tmp_path)
