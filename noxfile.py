@@ -29,6 +29,9 @@ TORCH = os.environ.get("P_ROPE_TORCH", "torch==2.13.0")
 JAX = os.environ.get("P_ROPE_JAX", "jax")  # e.g. "jax[cuda12]" or "jax[tpu]" on accelerator runners
 KERAS = "keras==3.15.1"  # check's Keras convention (tests/test_check_keras.py); Keras runs on the torch installed
 ONNX = ["onnx==1.23.2", "onnxruntime==1.32.0"]  # check's onnx convention (tests/test_check_conventions.py)
+# keras-hub's Gemma 4 attention, checked as is (tests/test_check_keras.py): installed without its declared
+# requirements (they pull TensorFlow Text), with the two its import needs beside Keras's.
+KERAS_HUB, KERAS_HUB_IMPORTS = "keras-hub==0.32.0", ["regex==2026.11.19", "tokenizers==0.23.3"]
 # The suite runs on this many worker processes (pytest-xdist); `nox -s tests -- -n 0` runs it in one.
 WORKERS = str(min(4, os.cpu_count() or 1))
 SOURCES = ["spec", "backends", "conformance", "tools", "bench", "tests", "noxfile.py"]
@@ -81,12 +84,18 @@ def conformance_report(session: nox.Session) -> None:
     session.run("python", "-m", "p_rope.conformance", "report", CONFORMANCE_DIR)
 
 
+def install_test_environment(session: nox.Session) -> None:
+    """What the tests need: the frameworks, triton (the fused kernel's interpreter tests on the CPU) and
+    the libraries check's conventions are tested on (Keras, onnxruntime, keras-hub)."""
+    session.install(TORCH)
+    session.install(".[jax,torch,conformance,test,triton]", KERAS, *ONNX, *KERAS_HUB_IMPORTS)
+    session.install("--no-deps", KERAS_HUB)
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The test suite: every backend on every available device, the suite's self-test, vendoring."""
-    session.install(TORCH)
-    # triton: the fused kernel's interpreter tests on the CPU
-    session.install(".[jax,torch,conformance,test,triton]", KERAS, *ONNX)
+    install_test_environment(session)
     session.run("python", "-m", "pytest", "-n", WORKERS, *session.posargs)
 
 
@@ -105,8 +114,7 @@ print(" ".join(f for f in umath.__cpu_dispatch__ if umath.__cpu_features__.get(f
 def tests_libm(session: nox.Session) -> None:
     """The tests again with NPY_DISABLE_CPU_FEATURES set to every SIMD extension NumPy dispatches to above
     its baseline on this machine (computed here, so any CPU): a second libm path on every CI run."""
-    session.install(TORCH)
-    session.install(".[jax,torch,conformance,test,triton]", KERAS, *ONNX)  # the environment of the tests session
+    install_test_environment(session)
     output = session.run("python", "-c", ABOVE_BASELINE, silent=True) or ""
     features = output.strip().splitlines()[-1].strip() if output.strip() else ""
     if not features:
