@@ -552,8 +552,7 @@ def _hf_source(
     imports, arguments = built
     module = target.built(target.rotary, case, max_position=maximum)
     layer_type = target.layer_type if target.passes_layer_type(module) else None
-    rotary = target.rotary
-    statement = rotary_statement or f"import {rotary.__module__}\nimpl = {rotary.__module__}.{rotary.__qualname__}\n"
+    statement = rotary_statement or _import_statement(target.rotary)
     source = hf_tables(**common, rotary=(statement, arguments, layer_type))  # type: ignore[arg-type]
     return (imports + source[0], source[1], ids)
 
@@ -570,8 +569,7 @@ def _angles_source(
     if built is None:
         return None
     imports, arguments = built
-    rotary = target.rotary
-    statement = rotary_statement or f"import {rotary.__module__}\nimpl = {rotary.__module__}.{rotary.__qualname__}\n"
+    statement = rotary_statement or _import_statement(target.rotary)
     setup = angles_rotary_call(
         framework=target.framework.name, device=target.device, statement=statement, arguments=arguments,
         positions=given, heads_axis=target.heads_axis(case), keywords=target.call_keywords(case),
@@ -600,6 +598,11 @@ def _vllm_source(
         ),
         positions,
     )
+
+
+def _import_statement(function: Callable[..., Any]) -> str:
+    """Source that binds ``impl`` to ``function`` by its module and qualified name."""
+    return f"import {function.__module__}\nimpl = {function.__module__}.{function.__qualname__}\n"
 
 
 def _factory_source(

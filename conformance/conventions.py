@@ -279,6 +279,11 @@ class ConventionTarget(CallableTarget):
     def native(self, array: np.ndarray) -> Any:
         return self.framework.to_native(array, self.device)
 
+    @staticmethod
+    def max_position(positions: np.ndarray) -> int:
+        """The max_position a rotary module is built with for these positions: the largest |p|, plus one."""
+        return int(np.abs(positions).max(initial=0)) + 1
+
     def second_input(self, case: Case, arrays: Arrays) -> np.ndarray:
         """k for a (q, k) call: the last head of the inputs (one key head, as in grouped attention)."""
         axis = -2 if case.seq_axis == -3 else -3
@@ -302,10 +307,6 @@ class HfTarget(ConventionTarget):
             if case.positions.dtype.startswith("float"):
                 return "needs real positions (position_ids are integers)"
         return None
-
-    @staticmethod
-    def max_position(position_ids: np.ndarray) -> int:
-        return int(np.abs(position_ids).max(initial=0)) + 1
 
     def passes_layer_type(self, module: Any) -> bool:
         return _accepts(getattr(module, "forward", module), "layer_type")
@@ -553,14 +554,13 @@ class AnglesTarget(ConventionTarget):
     def call(self, case: Case, arrays: Arrays) -> Call:
         assert self.function is not None
         x_np = arrays.inputs
-        positions = full_positions(case, arrays.positions)
         if self.rotary is not None:
             given = self.rotary_positions(case, arrays.positions)
             module = self.built(self.rotary, case, max_position=self.max_position(given))
             angles = module(self.native(given))
             watched: list[tuple[str, Any, np.ndarray]] = []
         else:
-            angles_np = self.spec_angles(case, positions)
+            angles_np = self.spec_angles(case, arrays.positions)
             angles = self.native(angles_np)
             watched = [("freqs", angles, angles_np)]
         freqs = angles.reshape(self.with_heads_axis(case, angles.shape))
@@ -580,10 +580,6 @@ class AnglesTarget(ConventionTarget):
     def rotary_positions(case: Case, positions: np.ndarray) -> np.ndarray:
         """The positions a rotary module is called on: [B..., L] in the table dtype."""
         return full_positions(case, positions).astype(table_dtype(case))
-
-    @staticmethod
-    def max_position(positions: np.ndarray) -> int:
-        return int(np.abs(positions).max(initial=0)) + 1
 
     @staticmethod
     def heads_axis(case: Case) -> int:
